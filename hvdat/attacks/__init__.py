@@ -1,0 +1,55 @@
+"""Training attacks, one registry: `hvdat train --attack NAME`.
+
+Each entry pairs an inner attack with the outer objective it feeds, its default step size and its norms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+from ..registry import Registry
+from .objectives import AttackParams, adversarial_ce, natural, trades
+from .pgd import pgd, project, random_init
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    objective: Callable
+    default_alpha: Callable[[float, int], float]  # (eps, steps) -> alpha
+    norms: Tuple[str, ...]
+    fixed_steps: Optional[int]  # FGSM variants always take one step
+    random_start: bool
+    doc: str
+
+    def params(self, eps: float, alpha: Optional[float], steps: int, norm: str, random_start: bool = True,
+               clean_weight: float = 0.0, trades_beta: float = 6.0) -> AttackParams:
+        steps = self.fixed_steps or steps
+        return AttackParams(eps=eps, alpha=alpha if alpha is not None else self.default_alpha(eps, steps),
+                            steps=steps, norm=norm, random_start=random_start and self.random_start,
+                            clean_weight=clean_weight, trades_beta=trades_beta)
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack")
+
+
+def _madry_alpha(eps: float, steps: int) -> float:
+    return 2.5 * eps / steps
+
+
+for _spec in (
+    AttackSpec("none", natural, lambda eps, steps: 0.0, ("linf", "l2"), 0, False,
+               "natural training on clean images"),
+    AttackSpec("fgsm", adversarial_ce, lambda eps, steps: eps, ("linf", "l2"), 1, False,
+               "FGSM (Goodfellow et al. 2015): one step of size eps from x; prone to catastrophic overfitting"),
+    AttackSpec("fgsm-rs", adversarial_ce, lambda eps, steps: 1.25 * eps, ("linf", "l2"), 1, True,
+               "FGSM-RS (Wong et al. 2020): uniform start in the eps-ball, one step of 1.25*eps, projected"),
+    AttackSpec("pgd", adversarial_ce, _madry_alpha, ("linf", "l2"), None, True,
+               "PGD-AT (Madry et al. 2018): k steps of alpha (default 2.5*eps/k) from a random start"),
+    AttackSpec("trades", trades, _madry_alpha, ("linf", "l2"), None, False,
+               "TRADES (Zhang et al. 2019): CE(clean) + beta*KL(adv||clean), k-step KL attack"),
+):
+    ATTACKS.add(_spec.name, _spec)
+
+__all__ = ["ATTACKS", "AttackSpec", "AttackParams", "pgd", "project", "random_init"]

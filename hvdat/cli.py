@@ -1,0 +1,182 @@
+"""The `hvdat` command line (Typer app only: commands parse options and call plain functions)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from typing_extensions import Annotated
+
+from . import __version__
+from . import options as opt
+from .errors import HvdatError, UsageError
+
+app = typer.Typer(help="Distributed adversarial training on Horovod.", no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False,
+                  add_completion=False)
+err = Console(stderr=True)
+out = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"hvdat {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Show the version and exit.")] = False) -> None:
+    """Distributed adversarial training (DAT) on Horovod: PGD/FGSM/TRADES, LAMB, compressed gradients."""
+
+
+@app.command()
+def train(
+    np: opt.Np = 1,
+    hosts: opt.Hosts = None,
+    hostfile: opt.Hostfile = None,
+    launcher: opt.Launcher = "gloo",
+    ssh_port: opt.SshPort = None,
+    ssh_identity_file: opt.SshIdentity = None,
+    network_interfaces: opt.NetworkInterfaces = None,
+    mpi_args: opt.MpiArgs = None,
+    dry_run: opt.DryRun = False,
+    dataset: opt.Dataset = "digits",
+    data_dir: opt.DataDir = None,
+    train_samples: Annotated[int, typer.Option(help="Use a fixed random subset of the training set (0: all).",
+                                               rich_help_panel=opt.DATA)] = 0,
+    test_samples: Annotated[int, typer.Option(help="Use a fixed random subset of the test set (0: all).",
+                                              rich_help_panel=opt.DATA)] = 0,
+    augment: Annotated[bool, typer.Option(help="Dataset-appropriate augmentation (crop and flip for CIFAR).",
+                                          rich_help_panel=opt.DATA)] = True,
+    arch: opt.Arch = "small-cnn",
+    attack: Annotated[str, typer.Option(help=opt.ATTACK_HELP, rich_help_panel=opt.ATTACK)] = "pgd",
+    eps: opt.Eps = "8/255",
+    alpha: Annotated[Optional[str], typer.Option(help="Attack step size (default: the attack's own, e.g. "
+                                                      "2.5*eps/steps for PGD, 1.25*eps for FGSM-RS).",
+                                                 rich_help_panel=opt.ATTACK)] = None,
+    steps: Annotated[int, typer.Option(help="PGD/TRADES attack steps.", rich_help_panel=opt.ATTACK)] = 10,
+    norm: opt.Norm = "linf",
+    random_start: Annotated[bool, typer.Option(help="Start PGD from a random point in the eps-ball.",
+                                               rich_help_panel=opt.ATTACK)] = True,
+    trades_beta: Annotated[float, typer.Option(help="TRADES' robustness weight.",
+                                               rich_help_panel=opt.ATTACK)] = 6.0,
+    clean_weight: Annotated[float, typer.Option(help="DAT's mixed loss: λ·CE(clean) + CE(adv).",
+                                                rich_help_panel=opt.ATTACK)] = 0.0,
+    attack_bn: Annotated[str, typer.Option(help="BatchNorm during the attack: train (batch stats, running stats "
+                                                "frozen) or eval.", rich_help_panel=opt.ATTACK)] = "train",
+    eval_samples: Annotated[int, typer.Option(help="Test images attacked with PGD after each epoch.",
+                                              rich_help_panel=opt.ATTACK)] = 512,
+    eval_steps: Annotated[int, typer.Option(help="PGD steps for that per-epoch robust accuracy.",
+                                            rich_help_panel=opt.ATTACK)] = 10,
+    epochs: Annotated[int, typer.Option(help="Training epochs.", rich_help_panel=opt.OPTIM)] = 10,
+    batch_size: Annotated[int, typer.Option(help="Batch size per worker.", rich_help_panel=opt.OPTIM)] = 128,
+    lr: Annotated[float, typer.Option(help="Peak LR for a global batch of --lr-base-batch.",
+                                      rich_help_panel=opt.OPTIM)] = 0.1,
+    lr_base_batch: Annotated[int, typer.Option(help="Global batch that --lr is meant for.",
+                                               rich_help_panel=opt.OPTIM)] = 128,
+    lr_scaling: Annotated[str, typer.Option(help="Scale LR with global batch: linear, sqrt or none.",
+                                            rich_help_panel=opt.OPTIM)] = "linear",
+    optimizer: Annotated[str, typer.Option(help=opt.OPTIMIZER_HELP, rich_help_panel=opt.OPTIM)] = "sgd",
+    momentum: Annotated[float, typer.Option(rich_help_panel=opt.OPTIM)] = 0.9,
+    nesterov: Annotated[bool, typer.Option(rich_help_panel=opt.OPTIM)] = False,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on BN or biases).",
+                                                rich_help_panel=opt.OPTIM)] = 5e-4,
+    schedule: Annotated[str, typer.Option(help=opt.SCHEDULE_HELP, rich_help_panel=opt.OPTIM)] = "cosine",
+    warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up epochs.",
+                                                 rich_help_panel=opt.OPTIM)] = 0.0,
+    compression: Annotated[str, typer.Option(help=opt.COMPRESSION_HELP, rich_help_panel=opt.CLUSTER)] = "none",
+    threads: Annotated[int, typer.Option(help="Torch threads per worker (0: cores / workers per host).",
+                                         rich_help_panel=opt.CLUSTER)] = 0,
+    out_dir: Annotated[Path, typer.Option("--out", help="Run directory: config.json, metrics.jsonl, last.pt, "
+                                                        "best.pt, logs/.", rich_help_panel=opt.OUTPUT)]
+    = Path("runs/latest"),
+    seed: opt.Seed = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from --out/last.pt.",
+                                         rich_help_panel=opt.OUTPUT)] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.",
+                                            rich_help_panel=opt.OUTPUT)] = False,
+    as_json: opt.Json = False,
+) -> None:
+    """Train a model with adversarial examples on one machine or a Horovod cluster."""
+    from .config import TrainConfig, parse_eps
+    from .launch import LaunchSpec
+    from .train_run import run_training
+
+    config = TrainConfig(
+        dataset=dataset, data_dir=str(data_dir) if data_dir else None, train_samples=train_samples,
+        test_samples=test_samples, augment=augment, arch=arch, attack=attack, eps=parse_eps(eps),
+        alpha=parse_eps(alpha, "alpha") if alpha is not None else None, steps=steps, norm=norm,
+        random_start=random_start, trades_beta=trades_beta, clean_weight=clean_weight, attack_bn=attack_bn,
+        eval_samples=eval_samples, eval_steps=eval_steps, epochs=epochs, batch_size=batch_size, lr=lr,
+        lr_base_batch=lr_base_batch, lr_scaling=lr_scaling, optimizer=optimizer, momentum=momentum,
+        nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
+        compression=compression, seed=seed, threads=threads, out=str(out_dir), resume=resume, np=np)
+    spec = LaunchSpec(np=np, hosts=hosts, hostfile=str(hostfile) if hostfile else None, launcher=launcher,
+                      ssh_port=ssh_port, ssh_identity_file=str(ssh_identity_file) if ssh_identity_file else None,
+                      network_interfaces=network_interfaces, mpi_args=mpi_args)
+    run_training(config, spec, dry_run=dry_run, overwrite=overwrite, as_json=as_json, out=out, err=err)
+
+
+@app.command("list")
+def list_registries(
+    kind: Annotated[Optional[str], typer.Argument(help="models, datasets, attacks, optimizers, schedules or "
+                                                       "compressors (default: all).")] = None,
+) -> None:
+    """List the names each option accepts."""
+    from rich.table import Table
+
+    from .registries import all_registries
+
+    table = Table(show_header=True)
+    table.add_column("kind")
+    table.add_column("names")
+    registries = all_registries()
+    if kind is not None and kind not in registries:
+        raise UsageError(f"unknown kind {kind!r}", f"choose from: {', '.join(registries)}")
+    for name, registry in registries.items():
+        if kind in (None, name):
+            table.add_row(name, ", ".join(registry.names()))
+    out.print(table)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Entry point: every HvdatError and usage mistake becomes one line on stderr (HVDAT_DEBUG=1: traceback)."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name="hvdat", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except HvdatError as exc:
+        if os.environ.get("HVDAT_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # click's usage errors: unknown option, bad type, missing argument
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            err.print(exc.format_message(), highlight=False)
+            return 0
+        if os.environ.get("HVDAT_DEBUG"):
+            raise
+        err.print(f"[bold red]error:[/] {exc.format_message()}; see 'hvdat {_command_of(argv)}--help'",
+                  highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+
+
+def _command_of(argv: Optional[List[str]]) -> str:
+    args = sys.argv[1:] if argv is None else argv
+    return f"{args[0]} " if args and not args[0].startswith("-") else ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

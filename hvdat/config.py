@@ -1,0 +1,170 @@
+"""The frozen run configuration: the single contract from the CLI to the workers, saved as `config.json`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+from .errors import UsageError
+
+CONFIG_FILE = "config.json"
+
+
+def parse_eps(text: str | float, what: str = "eps") -> float:
+    """Parse an epsilon given as a fraction (`8/255`) or a decimal (`0.031`); it must lie in (0, 1]."""
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?\d+)?)\s*(?:/\s*([0-9]*\.?[0-9]+))?\s*", text)
+        if not match:
+            raise UsageError(f"invalid {what} {text!r}", "write it as a fraction like 8/255 or a decimal like 0.031")
+        value = float(match.group(1))
+        if match.group(2) is not None:
+            denominator = float(match.group(2))
+            if denominator == 0:
+                raise UsageError(f"invalid {what} {text!r}", "the denominator is zero")
+            value /= denominator
+    if not (0.0 < value <= 1.0) or math.isnan(value):
+        raise UsageError(f"{what} {text} is outside (0, 1]", "pixels are in [0,1], so use e.g. 8/255 for L-inf")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a worker needs to train. Field names match the CLI options."""
+
+    # data
+    dataset: str = "digits"
+    data_dir: Optional[str] = None
+    train_samples: int = 0  # 0: the whole split
+    test_samples: int = 0
+    augment: bool = True  # dataset-appropriate augmentation (crop+flip for CIFAR-like data)
+    # model
+    arch: str = "small-cnn"
+    # adversarial training
+    attack: str = "pgd"
+    eps: float = 8 / 255
+    alpha: Optional[float] = None  # None: the attack's documented default
+    steps: int = 10
+    norm: str = "linf"
+    random_start: bool = True
+    trades_beta: float = 6.0
+    clean_weight: float = 0.0  # DAT's mixed loss: clean_weight * CE(clean) + CE(adv)
+    attack_bn: str = "train"  # BN during the attack: batch stats without updating running stats, or eval
+    # evaluation each epoch (PGD on a test subset)
+    eval_samples: int = 512
+    eval_steps: int = 10
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128  # per worker
+    lr: float = 0.1  # for a global batch of lr_base_batch, scaled by --lr-scaling
+    lr_base_batch: int = 128
+    lr_scaling: str = "linear"
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    milestones: Tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of training where lr drops 10x
+    # system
+    compression: str = "none"
+    seed: int = 0
+    threads: int = 0  # torch threads per worker; 0: cores / local ranks
+    out: str = "runs/latest"
+    resume: bool = False
+    np: int = 1  # for the record; the launcher decides the real world size
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def resolved_alpha(self) -> float:
+        if self.alpha is not None:
+            return self.alpha
+        from .attacks import ATTACKS
+
+        return ATTACKS.get(self.attack).default_alpha(self.eps, self.steps)
+
+    def validate(self) -> "TrainConfig":
+        """Check every choice against its registry and every number against its range (UsageError on failure)."""
+        from . import data, models, optim
+        from .attacks import ATTACKS
+        from .compression import COMPRESSORS
+        from .schedule import SCHEDULES
+
+        data.DATASETS.get(self.dataset)
+        models.MODELS.get(self.arch)
+        spec = ATTACKS.get(self.attack)
+        optim.OPTIMIZERS.get(self.optimizer)
+        COMPRESSORS.get(self.compression)
+        SCHEDULES.get(self.schedule)
+        if self.norm not in spec.norms:
+            raise UsageError(f"attack {self.attack!r} does not support norm {self.norm!r}",
+                             f"use --norm {' or '.join(spec.norms)}")
+        parse_eps(self.eps)
+        if self.alpha is not None and not self.alpha > 0:
+            raise UsageError(f"--alpha must be positive, got {self.alpha}")
+        _positive("--steps", self.steps)
+        _positive("--epochs", self.epochs)
+        _positive("--batch-size", self.batch_size)
+        _positive("--lr-base-batch", self.lr_base_batch)
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        if self.lr_scaling not in ("linear", "sqrt", "none"):
+            raise UsageError(f"unknown --lr-scaling {self.lr_scaling!r}", "choose from: linear, sqrt, none")
+        if self.attack_bn not in ("train", "eval"):
+            raise UsageError(f"unknown --attack-bn {self.attack_bn!r}", "choose from: train, eval")
+        if self.clean_weight < 0 or self.trades_beta < 0 or self.warmup_epochs < 0:
+            raise UsageError("--clean-weight, --trades-beta and --warmup-epochs must be >= 0")
+        for count, name in ((self.train_samples, "--train-samples"), (self.test_samples, "--test-samples"),
+                            (self.eval_samples, "--eval-samples")):
+            if count < 0:
+                raise UsageError(f"{name} must be >= 0, got {count}")
+        data.DATASETS.get(self.dataset).check_dir(self.data_dir)
+        return self
+
+    # --- files ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise UsageError(f"config has unknown keys {unknown}", "was it written by a newer hvdat?")
+        cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**cleaned)
+
+    @classmethod
+    def load(cls, path: Path) -> "TrainConfig":
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise UsageError(f"no config at {path}", "point at a run directory made by `hvdat train`") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{path} is not valid JSON ({exc.msg})") from None
+
+
+def _positive(name: str, value: int) -> None:
+    if value < 1:
+        raise UsageError(f"{name} must be >= 1, got {value}")
+
+
+def config_fields() -> Tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+__all__ = ["TrainConfig", "parse_eps", "CONFIG_FILE", "config_fields", "field"]

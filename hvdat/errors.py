@@ -1,0 +1,29 @@
+"""The one exception family that the CLI turns into a single clear line (exit code 2 for user mistakes)."""
+
+
+class HvdatError(Exception):
+    """A failure hvdat can explain. `hint` says what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.hint = hint
+
+    def __str__(self) -> str:
+        message = super().__str__()
+        return f"{message}; {self.hint}" if self.hint else message
+
+
+class UsageError(HvdatError):
+    """The user asked for something that cannot work (bad name, bad value, missing file)."""
+
+    exit_code = 2
+
+
+class JobFailed(HvdatError):
+    """A launched Horovod job exited non-zero. Carries the job's own exit code."""
+
+    def __init__(self, message: str, exit_code: int, hint: str = ""):
+        super().__init__(message, hint)
+        self.exit_code = exit_code

@@ -1,0 +1,35 @@
+"""The worker-to-launcher channel: rank 0 prints tagged JSON lines, the launcher parses them from the job's
+output stream (horovodrun prefixes each line with the rank). No files to poll, no extra ports."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any, Dict, Optional, Tuple
+
+TAG = "@@hvdat "
+# gloo: "[0]<stdout>:text"; mpi --tag-output: "[1,0]<stdout>:text"; plain (np 1, no horovodrun): "text"
+_PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:?(.*)$")
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(TAG + json.dumps({"event": event, **fields}, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+def split_prefix(line: str) -> Tuple[Optional[int], str]:
+    """(rank, text) for a line of horovodrun output; rank is None for lines horovodrun itself printed."""
+    match = _PREFIX.match(line)
+    if match:
+        return int(match.group(1)), match.group(3)
+    return None, line
+
+
+def parse(text: str) -> Optional[Dict[str, Any]]:
+    if not text.startswith(TAG):
+        return None
+    try:
+        return json.loads(text[len(TAG):])
+    except json.JSONDecodeError:
+        return None

@@ -1,0 +1,62 @@
+"""Rich rendering of worker events at the CLI edge: a live progress bar on a terminal, one line per epoch."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+class TrainProgress:
+    def __init__(self, console: Console):
+        self.console = console
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[ips]:,.0f} img/s"),
+            TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            console=console, disable=not console.is_terminal, transient=False)
+        self.task: Optional[int] = None
+        self.start: Dict[str, Any] = {}
+        self.epochs: List[Dict[str, Any]] = []
+
+    def __enter__(self) -> "TrainProgress":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def handle(self, event: Dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            self.start = event
+            total = event["steps_per_epoch"] * (event["epochs"] - event["start_epoch"])
+            self.task = self.progress.add_task("training", total=total, loss=0.0, acc=0.0, ips=0.0, extra="")
+            self.console.print(
+                f"[dim]{event['world_size']} worker(s), global batch {event['global_batch']}, "
+                f"peak lr {event['peak_lr']:.4g}, epochs {event['start_epoch'] + 1}..{event['epochs']}[/]")
+        elif kind == "batch" and self.task is not None:
+            done = (event["epoch"] - self.start["start_epoch"]) * self.start["steps_per_epoch"] + event["batch"]
+            extra = f"{event['bytes_sent_per_step'] / 1e6:.2f} MB/step" if "bytes_sent_per_step" in event else ""
+            self.progress.update(self.task, completed=done, description=f"epoch {event['epoch'] + 1}/"
+                                 f"{self.start['epochs']}", loss=event["loss"], acc=event["acc"],
+                                 ips=event["images_per_sec"], extra=extra)
+        elif kind == "epoch":
+            self.epochs.append(event)
+            self.console.print(
+                f"epoch {event['epoch']:>3}  loss {event['train_loss']:.4f}  train {event['train_acc']:.1%}  "
+                f"clean {event['test_clean_acc']:.1%}  robust {event['test_robust_acc']:.1%}  "
+                f"{event['images_per_sec']:,.0f} img/s  {event['seconds']:.1f}s")
+
+
+def epochs_table(rows: List[Dict[str, Any]], title: str = "training") -> Table:
+    table = Table(title=title)
+    for name in ("epoch", "train loss", "train acc", "test clean", "test robust (PGD)", "img/s", "lr", "s"):
+        table.add_column(name, justify="right")
+    for row in rows:
+        table.add_row(str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_acc']:.1%}",
+                      f"{row['test_clean_acc']:.1%}", f"{row['test_robust_acc']:.1%}",
+                      f"{row['images_per_sec']:,.0f}", f"{row['lr']:.4g}", f"{row['seconds']:.1f}")
+    return table

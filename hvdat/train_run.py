@@ -1,0 +1,59 @@
+"""`hvdat train` as a plain function: validate, write the run folder, launch, render, summarise."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from . import checkpoint, launch
+from .config import CONFIG_FILE, TrainConfig
+from .errors import UsageError
+from .job import raise_for_failure, run_job
+from .progress import TrainProgress, epochs_table
+from .worker import METRICS
+
+RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS)
+
+
+def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
+    """Check that --out fits --resume/--overwrite, and clear it when starting over."""
+    out = Path(config.out)
+    has_run = (out / checkpoint.LAST).exists()
+    if config.resume:
+        checkpoint.load(out / checkpoint.LAST, arch=config.arch)  # clear error for a missing or foreign file
+    elif has_run and not overwrite:
+        raise UsageError(f"{out} already holds a run", "pass --resume to continue it, --overwrite to start over, "
+                                                       "or choose another --out")
+    elif overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run_training(config: TrainConfig, spec: launch.LaunchSpec, *, dry_run: bool, overwrite: bool, as_json: bool,
+                 out: Console, err: Console) -> None:
+    config.validate()
+    launch.validate(spec)
+    run_dir = Path(config.out)
+    config_path = run_dir / CONFIG_FILE
+    argv = launch.build_argv(spec, "hvdat.worker", config_path)
+    if dry_run:
+        out.print(launch.shell_quote(argv), highlight=False, soft_wrap=True)
+        return
+    prepare_out(config, overwrite)
+    config.save(config_path)
+    log_path = run_dir / "logs" / "train.log"
+    with TrainProgress(err) as progress:
+        result = run_job(argv, log_path, progress.handle)
+    raise_for_failure(result, "training", log_path)
+    if not progress.epochs:
+        raise UsageError("training produced no epochs", f"is --epochs larger than the epochs already in {run_dir}?")
+    summary = {"out": str(run_dir), "epochs": progress.epochs, "final": progress.epochs[-1],
+               "best_robust_acc": max(e["test_robust_acc"] for e in progress.epochs)}
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(epochs_table(progress.epochs, title=f"hvdat train: {run_dir}"))

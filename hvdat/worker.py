@@ -1,0 +1,221 @@
+"""A Horovod worker: `python -m hvdat.worker --config RUN/config.json`.
+
+Reads the frozen config, trains with adversarial examples, and (rank 0) writes metrics and checkpoints. Follows
+Horovod's canonical order: init, pin the device, shard by rank, scale the LR with warm-up, wrap the optimizer,
+broadcast the state, then log and checkpoint on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import __version__, checkpoint, events
+from .attacks import ATTACKS, pgd
+from .attacks.bn_mode import attack_mode
+from .compression import COMPRESSORS
+from .config import TrainConfig
+from .data import Splits, UInt8Images, load_splits
+from .models import build_model
+from .optim import build_optimizer
+from .schedule import lr_at, scale_factor
+
+log = logging.getLogger("hvdat.worker")
+METRICS = "metrics.jsonl"
+PROGRESS_EVERY_S = 0.5
+
+
+def seed_for(*parts: int) -> int:
+    """A stable 63-bit seed from integers (seed, rank, epoch, purpose), independent of Python's hash salt."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (part + 0x9E3779B97F4A7C15 + (value << 6) + (value >> 2))) & 0x7FFFFFFFFFFFFFFF
+    return value
+
+
+def batches(dataset, indices: List[int], batch_size: int, device: torch.device,
+            num_workers: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Full batches of the given indices. In-memory data is sliced directly; folders go through a DataLoader."""
+    usable = len(indices) - len(indices) % batch_size if len(indices) >= batch_size else len(indices)
+    indices = indices[:usable]
+    if isinstance(dataset, UInt8Images):
+        order = torch.tensor(indices, dtype=torch.long)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            yield dataset.images[chunk].to(device).float().div_(255), dataset.labels[chunk].to(device)
+        return
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                                         num_workers=num_workers, pin_memory=device.type == "cuda")
+    for x, y in loader:
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+@dataclass
+class Context:
+    cfg: TrainConfig
+    hvd: object
+    rank: int
+    size: int
+    device: torch.device
+    out: Path
+
+    def allreduce_sum(self, values: List[float]) -> List[float]:
+        tensor = torch.tensor(values, dtype=torch.float64)
+        if self.size > 1:
+            tensor = self.hvd.allreduce(tensor, op=self.hvd.Sum, name=f"metrics.{len(values)}")
+        return tensor.tolist()
+
+
+def evaluate(ctx: Context, model, splits: Splits, epoch: int) -> Dict[str, float]:
+    """Clean accuracy on the test split, PGD robust accuracy on its first eval_samples; sharded over ranks."""
+    cfg = ctx.cfg
+    model.eval()
+    test = splits.test
+    clean_idx = list(range(ctx.rank, len(test), ctx.size))
+    robust_n = min(cfg.eval_samples, len(test)) if cfg.eval_samples else 0
+    robust_idx = list(range(ctx.rank, robust_n, ctx.size))
+    bs = max(cfg.batch_size, 64)
+    correct = total = robust_correct = robust_total = 0
+    with torch.no_grad():
+        for x, y in batches(test, clean_idx, bs, ctx.device, 0 if isinstance(test, UInt8Images) else 4):
+            correct += (model(x).argmax(1) == y).sum().item()
+            total += len(y)
+    generator = torch.Generator(ctx.device).manual_seed(seed_for(cfg.seed, ctx.rank, 1_000_003))
+    alpha = 2.5 * cfg.eps / cfg.eval_steps
+    for x, y in batches(test, robust_idx, bs, ctx.device, 0 if isinstance(test, UInt8Images) else 4):
+        x_adv = pgd(model, x, y, eps=cfg.eps, alpha=alpha, steps=cfg.eval_steps, norm=cfg.norm, generator=generator)
+        with torch.no_grad():
+            robust_correct += (model(x_adv).argmax(1) == y).sum().item()
+        robust_total += len(y)
+    correct, total, robust_correct, robust_total = ctx.allreduce_sum([correct, total, robust_correct, robust_total])
+    return {"test_clean_acc": correct / max(total, 1),
+            "test_robust_acc": robust_correct / robust_total if robust_total else float("nan")}
+
+
+def train(cfg: TrainConfig) -> None:
+    import horovod.torch as hvd
+
+    hvd.init()
+    rank, size, local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
+    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    out = Path(cfg.out)
+    ctx = Context(cfg, hvd, rank, size, device, out)
+
+    torch.manual_seed(cfg.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
+    splits = load_splits(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples)
+    model = build_model(cfg.arch, splits.num_classes, splits.shape, splits.mean, splits.std).to(device)
+    global_batch = cfg.batch_size * size
+    peak_lr = cfg.lr * scale_factor(global_batch, cfg.lr_base_batch, cfg.lr_scaling)
+    optimizer = build_optimizer(cfg.optimizer, model, peak_lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+
+    start_epoch, step, best = 0, 0, -1.0
+    state = None
+    if cfg.resume and rank == 0:
+        state = checkpoint.load(out / checkpoint.LAST, arch=cfg.arch)
+    if cfg.resume:
+        # rank 0 read the file; every rank gets the same model and optimizer state (no shared filesystem needed)
+        state = hvd.broadcast_object(state, root_rank=0, name="resume") if size > 1 else state
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, best = state["epoch"], state["step"], state["best_robust_acc"]
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+
+    compression = COMPRESSORS.get(cfg.compression).build()
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                         compression=compression)
+    spec = ATTACKS.get(cfg.attack)
+    params = spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start, cfg.clean_weight,
+                         cfg.trades_beta)
+    mode = attack_mode(model, cfg.attack_bn)
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        splits.train, num_replicas=size, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
+    steps_per_epoch = max(1, len(sampler) // cfg.batch_size)
+    loader_workers = 0 if isinstance(splits.train, UInt8Images) else min(4, os.cpu_count() or 1)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        events.emit("start", epochs=cfg.epochs, start_epoch=start_epoch, steps_per_epoch=steps_per_epoch,
+                    world_size=size, global_batch=global_batch, peak_lr=peak_lr, params=params.__dict__)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        epoch_start = time.perf_counter()
+        sampler.set_epoch(epoch)
+        attack_gen = torch.Generator(device).manual_seed(seed_for(cfg.seed, rank, epoch, 1))
+        augment_gen = torch.Generator().manual_seed(seed_for(cfg.seed, rank, epoch, 2))
+        model.train()
+        loss_sum = correct = seen = 0.0
+        last_report = time.perf_counter()
+        lr = peak_lr
+        for i, (x, y) in enumerate(batches(splits.train, list(sampler), cfg.batch_size, device, loader_workers)):
+            if cfg.augment and splits.augment is not None:
+                x = splits.augment(x, augment_gen)
+            lr = lr_at(step, steps_per_epoch, cfg.epochs, peak_lr, cfg.schedule, cfg.warmup_epochs,
+                       cfg.milestones)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss, logits = spec.objective(model, x, y, params, attack_gen, mode)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            now = time.perf_counter()
+            if rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == steps_per_epoch):
+                last_report = now
+                events.emit("batch", epoch=epoch, batch=i + 1, batches=steps_per_epoch, loss=loss_sum / seen,
+                            acc=correct / seen, images_per_sec=seen * size / (now - epoch_start))
+        train_seconds = time.perf_counter() - epoch_start
+        loss_sum, correct, seen = ctx.allreduce_sum([loss_sum, correct, seen])
+        metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+        metrics.update(evaluate(ctx, model, splits, epoch))
+        metrics.update(images_per_sec=seen / train_seconds, lr=lr, seconds=time.perf_counter() - epoch_start,
+                       train_seconds=train_seconds, world_size=size, global_batch=global_batch, step=step)
+        if rank == 0:
+            improved = metrics["test_robust_acc"] > best
+            best = max(best, metrics["test_robust_acc"])
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                     "step": step, "best_robust_acc": best, "arch": cfg.arch, "dataset": cfg.dataset,
+                     "num_classes": splits.num_classes, "shape": list(splits.shape), "config": cfg.to_dict(),
+                     "hvdat_version": __version__}
+            checkpoint.save_atomic(state, out / checkpoint.LAST)
+            if improved:
+                checkpoint.save_atomic(state, out / checkpoint.BEST)
+            with open(out / METRICS, "a") as handle:
+                handle.write(json.dumps(metrics) + "\n")
+            events.emit("epoch", **metrics)
+    if rank == 0:
+        events.emit("done", epochs=cfg.epochs)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hvdat.worker", description=__doc__)
+    parser.add_argument("--config", required=True, type=Path, help="config.json written by `hvdat train`")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("HVDAT_LOG", "WARNING"), format="%(name)s: %(message)s")
+    try:
+        train(TrainConfig.load(args.config))
+    except Exception as exc:  # report which rank failed and why, for the launcher's summary
+        rank = os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+        events.emit("error", rank=int(rank), message=f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

