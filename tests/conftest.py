@@ -1,0 +1,59 @@
+"""Shared test helpers. Tests run real processes: `hvdat` as a subprocess, and real `horovodrun` jobs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_CIFAR = REPO.parent / "shared" / "data" / "cifar10-jpg"
+HVDAT = [sys.executable, "-m", "hvdat"]
+# Tiny, fast settings for end-to-end runs on digits (the embedded dataset).
+QUICK = ["--dataset", "digits", "--eps", "0.1", "--eval-samples", "128", "--eval-steps", "5", "--steps", "3"]
+
+
+def run_hvdat(*args: str, timeout: float = 600, env: dict | None = None, check: bool = False
+              ) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run(HVDAT + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=REPO)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"hvdat {' '.join(map(str, args))} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> List[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    """A user mistake: exit code 2, one line on stderr naming the problem, and no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:"), lines
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session")
+def cifar_dir() -> Path:
+    assert SHARED_CIFAR.is_dir(), f"real CIFAR-10 is expected at {SHARED_CIFAR} (beside the checkout)"
+    return SHARED_CIFAR
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One real, tiny 1-epoch training run that several tests reuse (small-cnn on digits)."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    run_hvdat("train", *QUICK, "--epochs", "1", "--batch-size", "64", "--out", out, check=True)
+    return out
