@@ -103,102 +103,140 @@ def evaluate(ctx: Context, model, splits: Splits, epoch: int) -> Dict[str, float
             "test_robust_acc": robust_correct / robust_total if robust_total else float("nan")}
 
 
-def train(cfg: TrainConfig) -> None:
-    import horovod.torch as hvd
+def distributed_optimizer(hvd, optimizer, model, compression: str):
+    """Wrap the optimizer so each gradient's exchange starts as soon as backward produces it."""
+    return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
+                                    compression=COMPRESSORS.get(compression).build())
 
-    hvd.init()
-    rank, size, local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
-    device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    out = Path(cfg.out)
-    ctx = Context(cfg, hvd, rank, size, device, out)
 
-    torch.manual_seed(cfg.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
-    splits = load_splits(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples)
-    model = build_model(cfg.arch, splits.num_classes, splits.shape, splits.mean, splits.std).to(device)
-    global_batch = cfg.batch_size * size
-    peak_lr = cfg.lr * scale_factor(global_batch, cfg.lr_base_batch, cfg.lr_scaling)
-    optimizer = build_optimizer(cfg.optimizer, model, peak_lr, cfg.momentum, cfg.weight_decay, cfg.nesterov)
+class Trainer:
+    """One worker's training state and steps. `train()` drives it epoch by epoch; other drivers (elastic
+    training, benchmarks) reuse the same pieces."""
 
-    start_epoch, step, best = 0, 0, -1.0
-    state = None
-    if cfg.resume and rank == 0:
-        state = checkpoint.load(out / checkpoint.LAST, arch=cfg.arch)
-    if cfg.resume:
-        # rank 0 read the file; every rank gets the same model and optimizer state (no shared filesystem needed)
-        state = hvd.broadcast_object(state, root_rank=0, name="resume") if size > 1 else state
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        start_epoch, step, best = state["epoch"], state["step"], state["best_robust_acc"]
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    def __init__(self, cfg: TrainConfig):
+        import horovod.torch as hvd
 
-    compression = COMPRESSORS.get(cfg.compression).build()
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                         compression=compression)
-    spec = ATTACKS.get(cfg.attack)
-    params = spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start, cfg.clean_weight,
-                         cfg.trades_beta)
-    mode = attack_mode(model, cfg.attack_bn)
-    sampler = torch.utils.data.distributed.DistributedSampler(
-        splits.train, num_replicas=size, rank=rank, shuffle=True, seed=cfg.seed, drop_last=False)
-    steps_per_epoch = max(1, len(sampler) // cfg.batch_size)
-    loader_workers = 0 if isinstance(splits.train, UInt8Images) else min(4, os.cpu_count() or 1)
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        events.emit("start", epochs=cfg.epochs, start_epoch=start_epoch, steps_per_epoch=steps_per_epoch,
-                    world_size=size, global_batch=global_batch, peak_lr=peak_lr, params=params.__dict__)
+        hvd.init()
+        self.cfg, self.hvd = cfg, hvd
+        self.rank, self.size = hvd.rank(), hvd.size()
+        torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // hvd.local_size()))
+        self.device = torch.device(f"cuda:{hvd.local_rank()}" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.out = Path(cfg.out)
+        self.ctx = Context(cfg, hvd, self.rank, self.size, self.device, self.out)
 
-    for epoch in range(start_epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed)  # same initial weights everywhere (rank 0's are broadcast anyway)
+        self.splits = load_splits(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples)
+        splits = self.splits
+        self.model = build_model(cfg.arch, splits.num_classes, splits.shape, splits.mean, splits.std).to(self.device)
+        self.global_batch = cfg.batch_size * self.size
+        self.peak_lr = cfg.lr * scale_factor(self.global_batch, cfg.lr_base_batch, cfg.lr_scaling)
+        self.optimizer = build_optimizer(cfg.optimizer, self.model, self.peak_lr, cfg.momentum, cfg.weight_decay,
+                                         cfg.nesterov)
+        self.epoch, self.step, self.best = 0, 0, -1.0
+        if cfg.resume:
+            # rank 0 reads the file; every rank gets the same state (no shared filesystem needed)
+            state = checkpoint.load(self.out / checkpoint.LAST, arch=cfg.arch) if self.rank == 0 else None
+            if self.size > 1:
+                state = hvd.broadcast_object(state, root_rank=0, name="resume")
+            self.load_state_dict(state)
+        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+        self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, cfg.compression)
+        self.spec = ATTACKS.get(cfg.attack)
+        self.params = self.spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start,
+                                       cfg.clean_weight, cfg.trades_beta)
+        self.attack_mode = attack_mode(self.model, cfg.attack_bn)
+        self.sampler = torch.utils.data.distributed.DistributedSampler(
+            splits.train, num_replicas=self.size, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=False)
+        self.steps_per_epoch = max(1, len(self.sampler) // cfg.batch_size)
+        self.loader_workers = 0 if isinstance(splits.train, UInt8Images) else min(4, os.cpu_count() or 1)
+
+    # --- state --------------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
+                "step": self.step, "best_robust_acc": self.best, "arch": self.cfg.arch,
+                "dataset": self.cfg.dataset, "num_classes": self.splits.num_classes,
+                "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__}
+
+    def load_state_dict(self, state: Dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_robust_acc"]
+
+    def save(self, improved: bool) -> None:
+        state = self.state_dict()
+        checkpoint.save_atomic(state, self.out / checkpoint.LAST)
+        if improved:
+            checkpoint.save_atomic(state, self.out / checkpoint.BEST)
+
+    # --- steps --------------------------------------------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, attack_gen: torch.Generator) -> Tuple[float, int]:
+        """One optimiser step on an adversarial batch; returns (summed loss, correct predictions)."""
+        cfg = self.cfg
+        lr = lr_at(self.step, self.steps_per_epoch, cfg.epochs, self.peak_lr, cfg.schedule, cfg.warmup_epochs,
+                   cfg.milestones)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss, logits = self.spec.objective(self.model, x, y, self.params, attack_gen, self.attack_mode)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
+
+    def train_epoch(self, epoch: int) -> Dict[str, float]:
+        cfg, size = self.cfg, self.size
         epoch_start = time.perf_counter()
-        sampler.set_epoch(epoch)
-        attack_gen = torch.Generator(device).manual_seed(seed_for(cfg.seed, rank, epoch, 1))
-        augment_gen = torch.Generator().manual_seed(seed_for(cfg.seed, rank, epoch, 2))
-        model.train()
+        self.sampler.set_epoch(epoch)
+        attack_gen = torch.Generator(self.device).manual_seed(seed_for(cfg.seed, self.rank, epoch, 1))
+        augment_gen = torch.Generator().manual_seed(seed_for(cfg.seed, self.rank, epoch, 2))
+        self.model.train()
         loss_sum = correct = seen = 0.0
         last_report = time.perf_counter()
-        lr = peak_lr
-        for i, (x, y) in enumerate(batches(splits.train, list(sampler), cfg.batch_size, device, loader_workers)):
-            if cfg.augment and splits.augment is not None:
-                x = splits.augment(x, augment_gen)
-            lr = lr_at(step, steps_per_epoch, cfg.epochs, peak_lr, cfg.schedule, cfg.warmup_epochs,
-                       cfg.milestones)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss, logits = spec.objective(model, x, y, params, attack_gen, mode)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
+        data = batches(self.splits.train, list(self.sampler), cfg.batch_size, self.device, self.loader_workers)
+        for i, (x, y) in enumerate(data):
+            if cfg.augment and self.splits.augment is not None:
+                x = self.splits.augment(x, augment_gen)
+            batch_loss, batch_correct = self.train_step(x, y, attack_gen)
+            loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
             now = time.perf_counter()
-            if rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == steps_per_epoch):
+            if self.rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == self.steps_per_epoch):
                 last_report = now
-                events.emit("batch", epoch=epoch, batch=i + 1, batches=steps_per_epoch, loss=loss_sum / seen,
+                events.emit("batch", epoch=epoch, batch=i + 1, batches=self.steps_per_epoch, loss=loss_sum / seen,
                             acc=correct / seen, images_per_sec=seen * size / (now - epoch_start))
         train_seconds = time.perf_counter() - epoch_start
-        loss_sum, correct, seen = ctx.allreduce_sum([loss_sum, correct, seen])
+        loss_sum, correct, seen = self.ctx.allreduce_sum([loss_sum, correct, seen])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
-        metrics.update(evaluate(ctx, model, splits, epoch))
-        metrics.update(images_per_sec=seen / train_seconds, lr=lr, seconds=time.perf_counter() - epoch_start,
-                       train_seconds=train_seconds, world_size=size, global_batch=global_batch, step=step)
-        if rank == 0:
-            improved = metrics["test_robust_acc"] > best
-            best = max(best, metrics["test_robust_acc"])
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                     "step": step, "best_robust_acc": best, "arch": cfg.arch, "dataset": cfg.dataset,
-                     "num_classes": splits.num_classes, "shape": list(splits.shape), "config": cfg.to_dict(),
-                     "hvdat_version": __version__}
-            checkpoint.save_atomic(state, out / checkpoint.LAST)
-            if improved:
-                checkpoint.save_atomic(state, out / checkpoint.BEST)
-            with open(out / METRICS, "a") as handle:
-                handle.write(json.dumps(metrics) + "\n")
-            events.emit("epoch", **metrics)
-    if rank == 0:
+        metrics.update(evaluate(self.ctx, self.model, self.splits, epoch))
+        metrics.update(images_per_sec=seen / train_seconds, lr=self.optimizer.param_groups[0]["lr"],
+                       seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, world_size=size,
+                       global_batch=self.global_batch, step=self.step)
+        self.epoch = epoch + 1
+        return metrics
+
+    def record(self, metrics: Dict[str, float]) -> None:
+        """Rank 0: checkpoint, append the metrics line, tell the launcher."""
+        if self.rank != 0:
+            return
+        improved = metrics["test_robust_acc"] > self.best
+        self.best = max(self.best, metrics["test_robust_acc"])
+        self.save(improved)
+        with open(self.out / METRICS, "a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        events.emit("epoch", **metrics)
+
+
+def train(cfg: TrainConfig) -> None:
+    trainer = Trainer(cfg)
+    if trainer.rank == 0:
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        events.emit("start", epochs=cfg.epochs, start_epoch=trainer.epoch, steps_per_epoch=trainer.steps_per_epoch,
+                    world_size=trainer.size, global_batch=trainer.global_batch, peak_lr=trainer.peak_lr,
+                    params=trainer.params.__dict__)
+    for epoch in range(trainer.epoch, cfg.epochs):
+        trainer.record(trainer.train_epoch(epoch))
+    if trainer.rank == 0:
         events.emit("done", epochs=cfg.epochs)
 
 
