@@ -135,6 +135,8 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.peak_lr, cfg.momentum, cfg.weight_decay,
                                          cfg.nesterov)
         self.epoch, self.step, self.best = 0, 0, -1.0
+        # Horovod's wrapper builds a new optimizer from the param groups, so state is loaded after wrapping.
+        self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, cfg.compression)
         if cfg.resume:
             # rank 0 reads the file; every rank gets the same state (no shared filesystem needed)
             state = checkpoint.load(self.out / checkpoint.LAST, arch=cfg.arch) if self.rank == 0 else None
@@ -142,7 +144,6 @@ class Trainer:
                 state = hvd.broadcast_object(state, root_rank=0, name="resume")
             self.load_state_dict(state)
         hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
-        self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, cfg.compression)
         self.spec = ATTACKS.get(cfg.attack)
         self.params = self.spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start,
                                        cfg.clean_weight, cfg.trades_beta)
@@ -185,6 +186,15 @@ class Trainer:
         self.step += 1
         return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
 
+    def sync_buffers(self) -> None:
+        """Average BN running statistics over ranks. Each rank's come from its own shard; averaging makes the model
+        every rank evaluates the same one rank 0 checkpoints, so a resumed run matches an uninterrupted one."""
+        if self.size == 1:
+            return
+        for name, buffer in self.model.named_buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(self.hvd.allreduce(buffer, op=self.hvd.Average, name=f"buffer.{name}"))
+
     def train_epoch(self, epoch: int) -> Dict[str, float]:
         cfg, size = self.cfg, self.size
         epoch_start = time.perf_counter()
@@ -206,6 +216,7 @@ class Trainer:
                 events.emit("batch", epoch=epoch, batch=i + 1, batches=self.steps_per_epoch, loss=loss_sum / seen,
                             acc=correct / seen, images_per_sec=seen * size / (now - epoch_start))
         train_seconds = time.perf_counter() - epoch_start
+        self.sync_buffers()
         loss_sum, correct, seen = self.ctx.allreduce_sum([loss_sum, correct, seen])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
         metrics.update(evaluate(self.ctx, self.model, self.splits, epoch))
