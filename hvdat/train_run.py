@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 from . import checkpoint, launch
@@ -15,6 +16,7 @@ from .progress import TrainProgress, epochs_table
 from .worker import METRICS
 
 RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS)
+STOPPED_EXIT_CODE = 130  # as for Ctrl-C: the run is not finished, but nothing went wrong
 
 
 def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
@@ -46,8 +48,20 @@ def run_training(config: TrainConfig, spec: launch.LaunchSpec, *, dry_run: bool,
     prepare_out(config, overwrite)
     config.save(config_path)
     log_path = run_dir / "logs" / "train.log"
+    stopped: dict = {}
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "stopped":
+            stopped.update(event)
+        progress.handle(event)
+
     with TrainProgress(err) as progress:
-        result = run_job(argv, log_path, progress.handle)
+        result = run_job(argv, log_path, on_event)
+    if stopped and result.returncode == 0:
+        err.print(f"stopped by signal at epoch {stopped['epoch'] + 1}, batch {stopped['batch']}/{stopped['batches']}; "
+                  f"checkpoint {stopped['checkpoint']}; continue with the same command plus --resume",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(STOPPED_EXIT_CODE)
     raise_for_failure(result, "training", log_path)
     if not progress.epochs:
         raise UsageError("training produced no epochs", f"is --epochs larger than the epochs already in {run_dir}?")
