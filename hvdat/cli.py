@@ -146,6 +146,33 @@ def list_registries(
     out.print(table)
 
 
+@app.command()
+def doctor(
+    launcher: Annotated[Optional[List[str]], typer.Option(help="Setup to judge (repeatable): gloo or mpi.",
+                                                          rich_help_panel=opt.CLUSTER)] = None,
+    np: Annotated[Optional[int], typer.Option("--np", help="Workers the job will ask for (checked against the "
+                                                           "slots).", rich_help_panel=opt.CLUSTER)] = None,
+    hosts: opt.Hosts = None,
+    hostfile: opt.Hostfile = None,
+    ssh_port: opt.SshPort = None,
+    ssh_identity_file: opt.SshIdentity = None,
+    elastic: Annotated[bool, typer.Option("--elastic", help="Also judge elastic training (--min-np/--max-np).",
+                                          rich_help_panel=opt.CLUSTER)] = False,
+    as_json: opt.Json = False,
+) -> None:
+    """Check the Horovod build, MPI, NCCL, GPUs and hosts; exit 1 when a requested setup cannot run."""
+    from .doctor import diagnose, render
+
+    report = diagnose(launcher or ["gloo"], np, hosts, str(hostfile) if hostfile else None, ssh_port,
+                      str(ssh_identity_file) if ssh_identity_file else None, elastic)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        render(report, out)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: every HvdatError and usage mistake becomes one line on stderr (HVDAT_DEBUG=1: traceback)."""
     command = typer.main.get_command(app)
