@@ -10,6 +10,7 @@ from rich.console import Console
 
 from . import checkpoint, launch
 from .config import CONFIG_FILE, TrainConfig
+from .elastic import ELASTIC_WORKER
 from .errors import UsageError
 from .job import raise_for_failure, run_job
 from .progress import TrainProgress, epochs_table
@@ -41,7 +42,7 @@ def run_training(config: TrainConfig, spec: launch.LaunchSpec, *, dry_run: bool,
     launch.validate(spec)
     run_dir = Path(config.out)
     config_path = run_dir / CONFIG_FILE
-    argv = launch.build_argv(spec, "hvdat.worker", config_path)
+    argv = launch.build_argv(spec, ELASTIC_WORKER if spec.elastic else "hvdat.worker", config_path)
     if dry_run:
         out.print(launch.shell_quote(argv), highlight=False, soft_wrap=True)
         return

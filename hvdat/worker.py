@@ -114,6 +114,8 @@ class Trainer:
     """One worker's training state and steps. `train()` drives it epoch by epoch; other drivers (elastic
     training, benchmarks) reuse the same pieces."""
 
+    sync_at_init = True  # elastic workers sync through hvd.elastic state instead (no collectives at start-up)
+
     def __init__(self, cfg: TrainConfig):
         import horovod.torch as hvd
 
@@ -143,10 +145,12 @@ class Trainer:
         if cfg.resume:
             # rank 0 reads the file; every rank gets the same state (no shared filesystem needed)
             state = checkpoint.load(self.out / checkpoint.LAST, arch=cfg.arch) if self.rank == 0 else None
-            if self.size > 1:
+            if self.size > 1 and self.sync_at_init:
                 state = hvd.broadcast_object(state, root_rank=0, name="resume")
-            self.load_state_dict(state)
-        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+            if state is not None:
+                self.load_state_dict(state)
+        if self.sync_at_init:
+            hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
         self.spec = ATTACKS.get(cfg.attack)
         self.params = self.spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start,
                                        cfg.clean_weight, cfg.trades_beta)
@@ -196,10 +200,10 @@ class Trainer:
         self.sampler.set_epoch(epoch)
         return list(self.sampler)[self.batch * self.cfg.batch_size:]
 
-    def train_epoch(self, epoch: int, after_step: Optional[Callable[[int], bool]] = None
+    def train_epoch(self, epoch: int, after_step: Optional[Callable[[int, List[float]], bool]] = None
                     ) -> Optional[Dict[str, float]]:
-        """Train the rest of `epoch`. `after_step(batches_done)` returning True stops early: then self.batch and
-        self.partial hold the position for a checkpoint, and the return value is None."""
+        """Train the rest of `epoch`. `after_step(batches_done, [loss, correct, seen] so far on this rank)` returning
+        True stops early: then self.batch and self.partial hold the position for a checkpoint, and it returns None."""
         cfg, size = self.cfg, self.size
         epoch_start = time.perf_counter()
         self.model.train()
@@ -215,7 +219,7 @@ class Trainer:
                 x = self.splits.augment(x, torch.Generator().manual_seed(seed_for(cfg.seed, self.rank, epoch, 2, i)))
             batch_loss, batch_correct = self.train_step(x, y, attack_gen)
             loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
-            if after_step is not None and after_step(i + 1):
+            if after_step is not None and after_step(i + 1, [loss_sum, correct, seen]):
                 self.batch, self.partial = i + 1, self.ctx.allreduce_sum([loss_sum, correct, seen])
                 return None
             now = time.perf_counter()
@@ -264,7 +268,7 @@ def train(cfg: TrainConfig) -> None:
                     params=trainer.params.__dict__)
     stop = StopSignal.install()
     for epoch in range(trainer.epoch, cfg.epochs):
-        metrics = trainer.train_epoch(epoch, lambda done: stop.agreed(trainer.hvd, trainer.size))
+        metrics = trainer.train_epoch(epoch, lambda done, sums: stop.agreed(trainer.hvd, trainer.size))
         if metrics is None:
             trainer.record_stop(epoch)
             return
