@@ -16,7 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,7 @@ from .data import Splits, UInt8Images, load_splits
 from .models import build_model
 from .optim import build_optimizer
 from .schedule import lr_at, scale_factor
+from .stop import StopSignal
 
 log = logging.getLogger("hvdat.worker")
 METRICS = "metrics.jsonl"
@@ -113,6 +114,8 @@ class Trainer:
     """One worker's training state and steps. `train()` drives it epoch by epoch; other drivers (elastic
     training, benchmarks) reuse the same pieces."""
 
+    sync_at_init = True  # elastic workers sync through hvd.elastic state instead (no collectives at start-up)
+
     def __init__(self, cfg: TrainConfig):
         import horovod.torch as hvd
 
@@ -135,15 +138,19 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.peak_lr, cfg.momentum, cfg.weight_decay,
                                          cfg.nesterov)
         self.epoch, self.step, self.best = 0, 0, -1.0
-        # Horovod's wrapper builds a new optimizer from the param groups, so state is loaded after wrapping.
+        self.batch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint resumes there)
+        self.partial = [0.0, 0.0, 0.0]  # loss, correct, seen of those batches, summed over ranks
+        # wrap first: DistributedOptimizer builds a new optimizer from the param groups, dropping loaded state
         self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, cfg.compression)
         if cfg.resume:
             # rank 0 reads the file; every rank gets the same state (no shared filesystem needed)
             state = checkpoint.load(self.out / checkpoint.LAST, arch=cfg.arch) if self.rank == 0 else None
-            if self.size > 1:
+            if self.size > 1 and self.sync_at_init:
                 state = hvd.broadcast_object(state, root_rank=0, name="resume")
-            self.load_state_dict(state)
-        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+            if state is not None:
+                self.load_state_dict(state)
+        if self.sync_at_init:
+            hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
         self.spec = ATTACKS.get(cfg.attack)
         self.params = self.spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start,
                                        cfg.clean_weight, cfg.trades_beta)
@@ -156,7 +163,8 @@ class Trainer:
     # --- state --------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "step": self.step, "best_robust_acc": self.best, "arch": self.cfg.arch,
+                "step": self.step, "batch": self.batch, "partial": list(self.partial),
+                "best_robust_acc": self.best, "arch": self.cfg.arch,
                 "dataset": self.cfg.dataset, "num_classes": self.splits.num_classes,
                 "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__}
 
@@ -164,6 +172,7 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_robust_acc"]
+        self.batch, self.partial = state.get("batch", 0), list(state.get("partial", [0.0, 0.0, 0.0]))
 
     def save(self, improved: bool) -> None:
         state = self.state_dict()
@@ -195,21 +204,33 @@ class Trainer:
             if buffer.is_floating_point():
                 buffer.copy_(self.hvd.allreduce(buffer, op=self.hvd.Average, name=f"buffer.{name}"))
 
-    def train_epoch(self, epoch: int) -> Dict[str, float]:
+    def epoch_indices(self, epoch: int) -> List[int]:
+        """This rank's sample indices for the rest of the epoch (after the self.batch batches already trained)."""
+        self.sampler.set_epoch(epoch)
+        return list(self.sampler)[self.batch * self.cfg.batch_size:]
+
+    def train_epoch(self, epoch: int, after_step: Optional[Callable[[int, List[float]], bool]] = None
+                    ) -> Optional[Dict[str, float]]:
+        """Train the rest of `epoch`. `after_step(batches_done, [loss, correct, seen] so far on this rank)` returning
+        True stops early: then self.batch and self.partial hold the position for a checkpoint, and it returns None."""
         cfg, size = self.cfg, self.size
         epoch_start = time.perf_counter()
-        self.sampler.set_epoch(epoch)
-        attack_gen = torch.Generator(self.device).manual_seed(seed_for(cfg.seed, self.rank, epoch, 1))
-        augment_gen = torch.Generator().manual_seed(seed_for(cfg.seed, self.rank, epoch, 2))
         self.model.train()
-        loss_sum = correct = seen = 0.0
+        # rank 0 carries the (rank-summed) totals of batches trained before a mid-epoch checkpoint
+        loss_sum, correct, seen = self.partial if self.rank == 0 else (0.0, 0.0, 0.0)
         last_report = time.perf_counter()
-        data = batches(self.splits.train, list(self.sampler), cfg.batch_size, self.device, self.loader_workers)
-        for i, (x, y) in enumerate(data):
+        data = batches(self.splits.train, self.epoch_indices(epoch), cfg.batch_size, self.device,
+                       self.loader_workers)
+        for i, (x, y) in enumerate(data, start=self.batch):
+            # randomness per batch (not per epoch), so a run resumed mid-epoch repeats an uninterrupted one exactly
+            attack_gen = torch.Generator(self.device).manual_seed(seed_for(cfg.seed, self.rank, epoch, 1, i))
             if cfg.augment and self.splits.augment is not None:
-                x = self.splits.augment(x, augment_gen)
+                x = self.splits.augment(x, torch.Generator().manual_seed(seed_for(cfg.seed, self.rank, epoch, 2, i)))
             batch_loss, batch_correct = self.train_step(x, y, attack_gen)
             loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
+            if after_step is not None and after_step(i + 1, [loss_sum, correct, seen]):
+                self.batch, self.partial = i + 1, self.ctx.allreduce_sum([loss_sum, correct, seen])
+                return None
             now = time.perf_counter()
             if self.rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == self.steps_per_epoch):
                 last_report = now
@@ -219,6 +240,7 @@ class Trainer:
         self.sync_buffers()
         loss_sum, correct, seen = self.ctx.allreduce_sum([loss_sum, correct, seen])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+        self.batch, self.partial = 0, [0.0, 0.0, 0.0]
         metrics.update(evaluate(self.ctx, self.model, self.splits, epoch))
         metrics.update(images_per_sec=seen / train_seconds, lr=self.optimizer.param_groups[0]["lr"],
                        seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, world_size=size,
@@ -238,6 +260,15 @@ class Trainer:
         events.emit("epoch", **metrics)
 
 
+    def record_stop(self, epoch: int) -> None:
+        """Rank 0, after a graceful stop mid-epoch: checkpoint the position, tell the launcher."""
+        if self.rank != 0:
+            return
+        self.save(improved=False)
+        events.emit("stopped", epoch=epoch, batch=self.batch, batches=self.steps_per_epoch, step=self.step,
+                    checkpoint=str(self.out / checkpoint.LAST))
+
+
 def train(cfg: TrainConfig) -> None:
     trainer = Trainer(cfg)
     if trainer.rank == 0:
@@ -245,8 +276,13 @@ def train(cfg: TrainConfig) -> None:
         events.emit("start", epochs=cfg.epochs, start_epoch=trainer.epoch, steps_per_epoch=trainer.steps_per_epoch,
                     world_size=trainer.size, global_batch=trainer.global_batch, peak_lr=trainer.peak_lr,
                     params=trainer.params.__dict__)
+    stop = StopSignal.install()
     for epoch in range(trainer.epoch, cfg.epochs):
-        trainer.record(trainer.train_epoch(epoch))
+        metrics = trainer.train_epoch(epoch, lambda done, sums: stop.agreed(trainer.hvd, trainer.size))
+        if metrics is None:
+            trainer.record_stop(epoch)
+            return
+        trainer.record(metrics)
     if trainer.rank == 0:
         events.emit("done", epochs=cfg.epochs)
 
