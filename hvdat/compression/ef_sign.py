@@ -55,7 +55,8 @@ class EFSignCompressor:
         scale = l1_scale(corrected)
         payload = encode_signs(corrected, scale)
         # e <- p - scale * sign(p), with the same convention as the bits (0 counts as positive)
-        corrected -= np.where(corrected < 0, -scale, scale)
+        with np.errstate(invalid="ignore"):  # inf - inf = NaN: non-finite stays non-finite, on purpose
+            corrected -= np.where(corrected < 0, -scale, scale)
         self.residuals[name] = torch.from_numpy(corrected)
         return payload, packing.ctx_of(tensor)
 
