@@ -26,6 +26,7 @@ neighbouring power of two.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -50,6 +51,14 @@ def code_table(base: int, scale: float = 1.0) -> np.ndarray:
     magnitude[NAN_CODE] = np.nan
     magnitude[INF_CODE] = np.inf
     return np.concatenate([magnitude, -magnitude]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def pair_table(base: int, k: int) -> np.ndarray:
+    """(65536, 2) float32: the two values of a little-endian pair of codes, each divided by k."""
+    single = code_table(base, 1.0 / k)
+    pairs = np.arange(65536)
+    return np.stack([single[pairs & 0xFF], single[pairs >> 8]], axis=1)
 
 
 class NaturalCompressor:
@@ -98,10 +107,20 @@ class NaturalCompressor:
 
     @staticmethod
     def decode(rows: np.ndarray, numel: int) -> np.ndarray:
+        """The mean of the rows' decoded values; two codes per look-up through a cached 65536-entry table."""
         k = rows.shape[0]
-        out = np.take(code_table(int(rows[0, 0]), 1.0 / k), rows[0, 1:])
-        for row in rows[1:]:
-            out += np.take(code_table(int(row[0]), 1.0 / k), row[1:])
+        pairs = numel // 2
+        out = np.empty(numel, dtype=np.float32)
+        for i, row in enumerate(rows):
+            base, codes = int(row[0]), row[1:]
+            values = np.take(pair_table(base, k), np.ascontiguousarray(codes[:2 * pairs]).view(np.uint16),
+                             axis=0).reshape(-1)
+            tail = code_table(base, 1.0 / k)[codes[2 * pairs:]]
+            if i == 0:
+                out[:2 * pairs], out[2 * pairs:] = values, tail
+            else:
+                out[:2 * pairs] += values
+                out[2 * pairs:] += tail
         return out
 
     @staticmethod

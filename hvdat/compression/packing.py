@@ -48,6 +48,27 @@ def count_set_bits(rows: np.ndarray, numel: int) -> np.ndarray:
     return counts
 
 
+def _unit_tables():
+    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(np.float32)
+    signs = 1 - 2 * bits  # per byte: the 8 elements' signs, set bit = negative
+    # (neg_byte << 8 | pos_byte) -> 8 values in {-1, 0, +1}; a bit in neither mask is a tie
+    votes = (bits[None, :, :] - bits[:, None, :]).reshape(65536, 8)
+    return signs, votes
+
+
+SIGN_TABLE, VOTE_TABLE = _unit_tables()  # 8 KiB and 2 MiB, built once
+
+
+def expand(table: np.ndarray, packed: np.ndarray, numel: int, out: np.ndarray = None) -> np.ndarray:
+    """Decode 8 elements per look-up: row `packed[i]` of a (n, 8) float32 table (a byte-wide table look-up is
+    far cheaper than one per element)."""
+    values = np.take(table, packed, axis=0).reshape(-1)[:numel]
+    if out is None:
+        return values
+    out += values
+    return out
+
+
 def scale_header(scale: float) -> np.ndarray:
     return np.frombuffer(np.float32(scale).tobytes(), dtype=np.uint8)
 

@@ -37,11 +37,19 @@ def majority_vote(rows: np.ndarray, numel: int) -> np.ndarray:
     """Decode k sign payloads into mean_scale · sign(Σ signs) as float32, ties -> 0."""
     scales, bits = packing.split_scale(rows)
     k = rows.shape[0]
-    negatives = packing.count_set_bits(bits, numel)
-    votes = k - 2 * np.arange(k + 1, dtype=np.float32)  # Σ signs when `i` workers say negative
-    with np.errstate(invalid="ignore"):
-        table = (np.sign(votes) * np.float32(scales.astype(np.float64).mean())).astype(np.float32)
-    return np.take(table, negatives)
+    if k == 1:
+        negative, positive = bits[0], ~bits[0]
+    elif k == 2:  # bytewise: both negative, both positive, else a tie
+        negative, positive = bits[0] & bits[1], ~(bits[0] | bits[1])
+    else:
+        counts = packing.count_set_bits(bits, numel)
+        negative, positive = packing.pack_bits(2 * counts.astype(np.int32) > k), \
+            packing.pack_bits(2 * counts.astype(np.int32) < k)
+    index = (negative.astype(np.uint16) << 8) | positive
+    out = packing.expand(packing.VOTE_TABLE, index, numel)
+    with np.errstate(invalid="ignore"):  # a non-finite scale makes ties NaN, on purpose
+        out *= np.float32(scales.astype(np.float64).mean())
+    return out
 
 
 class SignCompressor:
