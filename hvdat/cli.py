@@ -183,6 +183,32 @@ def doctor(
         raise typer.Exit(1)
 
 
+bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("comm")
+def bench_comm(
+    arch: Annotated[str, typer.Option(help="Model whose gradient shapes are exchanged (resnet50: 25.6M).")]
+    = "resnet50",
+    np: Annotated[int, typer.Option("--np", help="Horovod ranks on this machine.")] = 2,
+    compression: Annotated[str, typer.Option(help="Comma-separated compressors, e.g. none,fp16,sign,ef-sign,"
+                                                  "natural.")] = "none,fp16,sign,ef-sign,natural",
+    bandwidth: Annotated[Optional[str], typer.Option(help="Shape the ranks' loopback to this rate (e.g. 1gbit) in "
+                                                          "a fresh network namespace; needs root and iproute2.")]
+    = None,
+    steps: Annotated[int, typer.Option(help="Timed exchanges per compressor (the median is reported).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed exchanges first.")] = 1,
+    launcher: opt.Launcher = "gloo",
+    as_json: opt.Json = False,
+) -> None:
+    """Time the gradient exchange of a model's gradients per compressor, optionally over a shaped link."""
+    from .bench.comm import parse_compressions, run_bench
+
+    run_bench(arch=arch, np=np, compressions=parse_compressions(compression), bandwidth=bandwidth, steps=steps,
+              warmup=warmup, launcher=launcher, as_json=as_json, out=out, err=err)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point: every HvdatError and usage mistake becomes one line on stderr (HVDAT_DEBUG=1: traceback)."""
     command = typer.main.get_command(app)

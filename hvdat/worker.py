@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from . import __version__, checkpoint, events
 from .attacks import ATTACKS, pgd
 from .attacks.bn_mode import attack_mode
-from .compression import COMPRESSORS
+from .compression import COMPRESSORS, wire_bytes
 from .config import TrainConfig
 from .data import Splits, UInt8Images, load_splits
 from .models import build_model
@@ -104,10 +104,13 @@ def evaluate(ctx: Context, model, splits: Splits, epoch: int) -> Dict[str, float
             "test_robust_acc": robust_correct / robust_total if robust_total else float("nan")}
 
 
-def distributed_optimizer(hvd, optimizer, model, compression: str):
-    """Wrap the optimizer so each gradient's exchange starts as soon as backward produces it."""
-    return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                    compression=COMPRESSORS.get(compression).build())
+def distributed_optimizer(hvd, optimizer, model, compressor):
+    """Wrap the optimizer so each gradient's exchange starts as soon as backward produces it. Packed compressors
+    (sign, ef-sign, natural) travel through allgather (hvdat.compression.optimizer), the others through Horovod's
+    own allreduce."""
+    from .compression.optimizer import DistributedOptimizer
+
+    return DistributedOptimizer(optimizer, model.named_parameters(), compressor)
 
 
 class Trainer:
@@ -140,8 +143,11 @@ class Trainer:
         self.epoch, self.step, self.best = 0, 0, -1.0
         self.batch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint resumes there)
         self.partial = [0.0, 0.0, 0.0]  # loss, correct, seen of those batches, summed over ranks
+        # per-rank compressor state (natural's RNG, ef-sign's residuals); residuals are restored on resume
+        self.compressor = COMPRESSORS.get(cfg.compression).build(seed_for(cfg.seed, self.rank, 3))
+        self.compression_ranks: List[Dict] = []
         # wrap first: DistributedOptimizer builds a new optimizer from the param groups, dropping loaded state
-        self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, cfg.compression)
+        self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, self.compressor)
         if cfg.resume:
             # rank 0 reads the file; every rank gets the same state (no shared filesystem needed)
             state = checkpoint.load(self.out / checkpoint.LAST, arch=cfg.arch) if self.rank == 0 else None
@@ -151,6 +157,9 @@ class Trainer:
                 self.load_state_dict(state)
         if self.sync_at_init:
             hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+        numels = [p.numel() for p in self.model.parameters() if p.requires_grad]
+        self.fp32_bytes_per_step = 4 * sum(numels)
+        self.static_bytes_per_step = wire_bytes(cfg.compression, numels)
         self.spec = ATTACKS.get(cfg.attack)
         self.params = self.spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start,
                                        cfg.clean_weight, cfg.trades_beta)
@@ -166,13 +175,29 @@ class Trainer:
                 "step": self.step, "batch": self.batch, "partial": list(self.partial),
                 "best_robust_acc": self.best, "arch": self.cfg.arch,
                 "dataset": self.cfg.dataset, "num_classes": self.splits.num_classes,
-                "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__}
+                "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__,
+                "compression_ranks": self.compression_ranks}
 
     def load_state_dict(self, state: Dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_robust_acc"]
         self.batch, self.partial = state.get("batch", 0), list(state.get("partial", [0.0, 0.0, 0.0]))
+        if hasattr(self.compressor, "load_rank_states"):
+            self.compressor.load_rank_states(state.get("compression_ranks", []), self.rank, self.size)
+
+    def gather_compression_state(self) -> None:
+        """Collective (every rank calls it): collect each rank's compressor state (EF residuals) for the
+        checkpoint, which rank 0 alone writes."""
+        if hasattr(self.compressor, "state_dict"):
+            mine = self.compressor.state_dict()
+            self.compression_ranks = self.hvd.allgather_object(mine, name="compression_state") if self.size > 1 \
+                else [mine]
+
+    def bytes_sent_per_step(self) -> int:
+        """Gradient bytes this worker hands to Horovod per step: counted for packed compressors, exact from the
+        parameter sizes for allreduce ones."""
+        return getattr(self.optimizer, "bytes_sent_per_step", 0) or self.static_bytes_per_step
 
     def save(self, improved: bool) -> None:
         state = self.state_dict()
@@ -235,7 +260,8 @@ class Trainer:
             if self.rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == self.steps_per_epoch):
                 last_report = now
                 events.emit("batch", epoch=epoch, batch=i + 1, batches=self.steps_per_epoch, loss=loss_sum / seen,
-                            acc=correct / seen, images_per_sec=seen * size / (now - epoch_start))
+                            acc=correct / seen, images_per_sec=seen * size / (now - epoch_start),
+                            bytes_sent_per_step=self.bytes_sent_per_step())
         train_seconds = time.perf_counter() - epoch_start
         self.sync_buffers()
         loss_sum, correct, seen = self.ctx.allreduce_sum([loss_sum, correct, seen])
@@ -244,12 +270,15 @@ class Trainer:
         metrics.update(evaluate(self.ctx, self.model, self.splits, epoch))
         metrics.update(images_per_sec=seen / train_seconds, lr=self.optimizer.param_groups[0]["lr"],
                        seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, world_size=size,
-                       global_batch=self.global_batch, step=self.step)
+                       global_batch=self.global_batch, step=self.step,
+                       bytes_sent_per_step=self.bytes_sent_per_step(),
+                       compression_ratio=self.fp32_bytes_per_step / self.bytes_sent_per_step())
         self.epoch = epoch + 1
         return metrics
 
     def record(self, metrics: Dict[str, float]) -> None:
-        """Rank 0: checkpoint, append the metrics line, tell the launcher."""
+        """Rank 0: checkpoint, append the metrics line, tell the launcher (every rank calls it)."""
+        self.gather_compression_state()
         if self.rank != 0:
             return
         improved = metrics["test_robust_acc"] > self.best
@@ -259,9 +288,10 @@ class Trainer:
             handle.write(json.dumps(metrics) + "\n")
         events.emit("epoch", **metrics)
 
-
     def record_stop(self, epoch: int) -> None:
-        """Rank 0, after a graceful stop mid-epoch: checkpoint the position, tell the launcher."""
+        """After a graceful stop mid-epoch (every rank calls it): rank 0 checkpoints the position, tells the
+        launcher."""
+        self.gather_compression_state()
         if self.rank != 0:
             return
         self.save(improved=False)
