@@ -146,6 +146,7 @@ class Trainer:
         # per-rank compressor state (natural's RNG, ef-sign's residuals); residuals are restored on resume
         self.compressor = COMPRESSORS.get(cfg.compression).build(seed_for(cfg.seed, self.rank, 3))
         self.compression_ranks: List[Dict] = []
+        self.rank_buffers: List[Dict] = []  # each rank's BN statistics, kept only in mid-epoch checkpoints
         # wrap first: DistributedOptimizer builds a new optimizer from the param groups, dropping loaded state
         self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, self.compressor)
         if cfg.resume:
@@ -155,7 +156,7 @@ class Trainer:
                 state = hvd.broadcast_object(state, root_rank=0, name="resume")
             if state is not None:
                 self.load_state_dict(state)
-        if self.sync_at_init:
+        if self.sync_at_init and not cfg.resume:  # a resumed state already came from rank 0 (with per-rank BN)
             hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
         numels = [p.numel() for p in self.model.parameters() if p.requires_grad]
         self.fp32_bytes_per_step = 4 * sum(numels)
@@ -176,7 +177,7 @@ class Trainer:
                 "best_robust_acc": self.best, "arch": self.cfg.arch,
                 "dataset": self.cfg.dataset, "num_classes": self.splits.num_classes,
                 "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__,
-                "compression_ranks": self.compression_ranks}
+                "compression_ranks": self.compression_ranks, "rank_buffers": self.rank_buffers}
 
     def load_state_dict(self, state: Dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -185,6 +186,12 @@ class Trainer:
         self.batch, self.partial = state.get("batch", 0), list(state.get("partial", [0.0, 0.0, 0.0]))
         if hasattr(self.compressor, "load_rank_states"):
             self.compressor.load_rank_states(state.get("compression_ranks", []), self.rank, self.size)
+        rank_buffers = state.get("rank_buffers") or []
+        if len(rank_buffers) == self.size:  # mid-epoch: BN statistics are per rank until the epoch's average
+            own = rank_buffers[self.rank]
+            for name, buffer in self.model.named_buffers():
+                if name in own:
+                    buffer.copy_(own[name])
 
     def gather_compression_state(self) -> None:
         """Collective (every rank calls it): collect each rank's compressor state (EF residuals) for the
@@ -292,6 +299,8 @@ class Trainer:
         """After a graceful stop mid-epoch (every rank calls it): rank 0 checkpoints the position, tells the
         launcher."""
         self.gather_compression_state()
+        mine = {name: b.detach().cpu() for name, b in self.model.named_buffers() if b.is_floating_point()}
+        self.rank_buffers = self.hvd.allgather_object(mine, name="rank_buffers") if self.size > 1 else []
         if self.rank != 0:
             return
         self.save(improved=False)
