@@ -7,19 +7,16 @@ broadcast the state, then log and checkpoint on rank 0 only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from . import __version__, checkpoint, events
 from .attacks import ATTACKS, pgd
@@ -31,6 +28,7 @@ from .models import build_model
 from .optim import build_optimizer
 from .schedule import lr_at, scale_factor
 from .stop import StopSignal
+from .worker_main import worker_main
 
 log = logging.getLogger("hvdat.worker")
 METRICS = "metrics.jsonl"
@@ -327,18 +325,7 @@ def train(cfg: TrainConfig) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hvdat.worker", description=__doc__)
-    parser.add_argument("--config", required=True, type=Path, help="config.json written by `hvdat train`")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HVDAT_LOG", "WARNING"), format="%(name)s: %(message)s")
-    try:
-        train(TrainConfig.load(args.config))
-    except Exception as exc:  # report which rank failed and why, for the launcher's summary
-        rank = os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-        events.emit("error", rank=int(rank), message=f"{type(exc).__name__}: {exc}")
-        traceback.print_exc()
-        return 1
-    return 0
+    return worker_main(lambda path: train(TrainConfig.load(path)), "python -m hvdat.worker", __doc__, argv)
 
 
 if __name__ == "__main__":
