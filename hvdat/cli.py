@@ -46,6 +46,14 @@ def train(
     ssh_identity_file: opt.SshIdentity = None,
     network_interfaces: opt.NetworkInterfaces = None,
     mpi_args: opt.MpiArgs = None,
+    min_np: Annotated[Optional[int], typer.Option("--min-np", help="Elastic (Gloo): keep training while at least "
+                                                  "this many workers are alive.", rich_help_panel=opt.CLUSTER)] = None,
+    max_np: Annotated[Optional[int], typer.Option("--max-np", help="Elastic: grow up to this many workers.",
+                                                  rich_help_panel=opt.CLUSTER)] = None,
+    host_discovery_script: Annotated[Optional[Path], typer.Option(
+        help="Elastic: executable printing the usable host:slots, one per line.", rich_help_panel=opt.CLUSTER)] = None,
+    commit_every: Annotated[int, typer.Option(help="Elastic: batches between state commits (a lost worker costs "
+                                                   "at most this many).", rich_help_panel=opt.CLUSTER)] = 10,
     dry_run: opt.DryRun = False,
     dataset: opt.Dataset = "digits",
     data_dir: opt.DataDir = None,
@@ -117,10 +125,12 @@ def train(
         eval_samples=eval_samples, eval_steps=eval_steps, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_base_batch=lr_base_batch, lr_scaling=lr_scaling, optimizer=optimizer, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
-        compression=compression, seed=seed, threads=threads, out=str(out_dir), resume=resume, np=np)
+        compression=compression, seed=seed, threads=threads, out=str(out_dir), resume=resume, np=np,
+        commit_every=commit_every)
     spec = LaunchSpec(np=np, hosts=hosts, hostfile=str(hostfile) if hostfile else None, launcher=launcher,
                       ssh_port=ssh_port, ssh_identity_file=str(ssh_identity_file) if ssh_identity_file else None,
-                      network_interfaces=network_interfaces, mpi_args=mpi_args)
+                      network_interfaces=network_interfaces, mpi_args=mpi_args, min_np=min_np, max_np=max_np,
+                      host_discovery_script=str(host_discovery_script) if host_discovery_script else None)
     run_training(config, spec, dry_run=dry_run, overwrite=overwrite, as_json=as_json, out=out, err=err)
 
 
@@ -146,6 +156,57 @@ def list_registries(
     out.print(table)
 
 
+@app.command()
+def doctor(
+    launcher: Annotated[Optional[List[str]], typer.Option(help="Setup to judge (repeatable): gloo or mpi.",
+                                                          rich_help_panel=opt.CLUSTER)] = None,
+    np: Annotated[Optional[int], typer.Option("--np", help="Workers the job will ask for (checked against the "
+                                                           "slots).", rich_help_panel=opt.CLUSTER)] = None,
+    hosts: opt.Hosts = None,
+    hostfile: opt.Hostfile = None,
+    ssh_port: opt.SshPort = None,
+    ssh_identity_file: opt.SshIdentity = None,
+    elastic: Annotated[bool, typer.Option("--elastic", help="Also judge elastic training (--min-np/--max-np).",
+                                          rich_help_panel=opt.CLUSTER)] = False,
+    as_json: opt.Json = False,
+) -> None:
+    """Check the Horovod build, MPI, NCCL, GPUs and hosts; exit 1 when a requested setup cannot run."""
+    from .doctor import diagnose, render
+
+    report = diagnose(launcher or ["gloo"], np, hosts, str(hostfile) if hostfile else None, ssh_port,
+                      str(ssh_identity_file) if ssh_identity_file else None, elastic)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        render(report, out)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+bench_app = typer.Typer(help="Benchmarks.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("comm")
+def bench_comm(
+    arch: Annotated[str, typer.Option(help="Model whose gradient shapes are exchanged (resnet50: 25.6M).")]
+    = "resnet50",
+    np: Annotated[int, typer.Option("--np", help="Horovod ranks on this machine.")] = 2,
+    compression: Annotated[str, typer.Option(help="Comma-separated compressors, e.g. none,fp16,sign,ef-sign,"
+                                                  "natural.")] = "none,fp16,sign,ef-sign,natural",
+    bandwidth: Annotated[Optional[str], typer.Option(help="Shape the ranks' loopback to this rate (e.g. 1gbit) in "
+                                                          "a fresh network namespace; needs root and iproute2.")]
+    = None,
+    steps: Annotated[int, typer.Option(help="Timed exchanges per compressor (the median is reported).")] = 5,
+    warmup: Annotated[int, typer.Option(help="Untimed exchanges first.")] = 1,
+    launcher: opt.Launcher = "gloo",
+    as_json: opt.Json = False,
+) -> None:
+    """Time the gradient exchange of a model's gradients per compressor, optionally over a shaped link."""
+    from .bench.comm import parse_compressions, run_bench
+
+    run_bench(arch=arch, np=np, compressions=parse_compressions(compression), bandwidth=bandwidth, steps=steps,
+              warmup=warmup, launcher=launcher, as_json=as_json, out=out, err=err)
 @app.command("eval")
 def eval_command(
     target: Annotated[Path, typer.Argument(help="A run directory (uses best.pt, else last.pt) or a checkpoint.")],

@@ -79,6 +79,7 @@ class TrainConfig:
     out: str = "runs/latest"
     resume: bool = False
     np: int = 1  # for the record; the launcher decides the real world size
+    commit_every: int = 10  # elastic: batches between commits (what a lost worker can cost)
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -112,6 +113,7 @@ class TrainConfig:
             raise UsageError(f"--alpha must be positive, got {self.alpha}")
         _positive("--steps", self.steps)
         _positive("--epochs", self.epochs)
+        _positive("--commit-every", self.commit_every)
         _positive("--batch-size", self.batch_size)
         _positive("--lr-base-batch", self.lr_base_batch)
         if not self.lr > 0:

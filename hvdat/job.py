@@ -39,6 +39,7 @@ def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Op
         reader = threading.Thread(target=_pump, args=(proc, log, tails, failed, on_event, echo), daemon=True)
         reader.start()
         interrupts = 0
+        previous = _sigterm_as_interrupt()
         while True:
             try:
                 proc.wait()
@@ -46,6 +47,8 @@ def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Op
             except KeyboardInterrupt:
                 interrupts += 1
                 _signal_group(proc, signal.SIGTERM if interrupts == 1 else signal.SIGKILL)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         reader.join(timeout=10)
     return JobResult(proc.returncode, failed, {rank: list(lines) for rank, lines in tails.items()})
 
@@ -64,6 +67,17 @@ def _pump(proc, log, tails, failed, on_event, echo) -> None:
         if event.get("event") == "error":
             failed[int(event.get("rank", rank or 0))] = event.get("message", "")
         on_event(event)
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM to the launcher (a scheduler's preemption, `kill`) counts as a Ctrl-C; returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

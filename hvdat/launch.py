@@ -30,6 +30,13 @@ class LaunchSpec:
     ssh_identity_file: Optional[str] = None
     network_interfaces: Optional[str] = None  # "eth0,ib0"
     mpi_args: Optional[str] = None  # passed to mpirun verbatim, as one argument (horovodrun splits it)
+    min_np: Optional[int] = None  # elastic (Gloo): keep training while at least this many workers are alive
+    max_np: Optional[int] = None
+    host_discovery_script: Optional[str] = None  # elastic: prints the usable `host:slots`, one per line
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_np is not None or self.max_np is not None or self.host_discovery_script is not None
 
 
 def parse_hosts(text: str) -> List[Tuple[str, int]]:
@@ -91,19 +98,23 @@ def validate(spec: LaunchSpec) -> None:
     if spec.launcher not in LAUNCHERS:
         raise UsageError(f"unknown launcher {spec.launcher!r}", f"choose from: {', '.join(LAUNCHERS)}")
     total = sum(slots for _, slots in slots_of(spec))
-    if spec.np > total:
+    if spec.np > total and not spec.host_discovery_script:
         raise UsageError(f"--np {spec.np} is more than the {total} slots in the host list",
                          "add hosts or slots (-H host:SLOTS), or lower --np")
     if spec.ssh_port is not None and not 0 < spec.ssh_port < 65536:
         raise UsageError(f"--ssh-port {spec.ssh_port} is not a port number")
     if spec.ssh_identity_file and not Path(spec.ssh_identity_file).is_file():
         raise UsageError(f"--ssh-identity-file {spec.ssh_identity_file} does not exist")
+    if spec.elastic:
+        from .elastic import validate_elastic
+
+        validate_elastic(spec)
     if spec.network_interfaces and not all(_INTERFACE.match(i) for i in spec.network_interfaces.split(",")):
         raise UsageError(f"invalid --network-interfaces {spec.network_interfaces!r}", "write e.g. eth0,ib0")
 
 
 def is_local_single(spec: LaunchSpec) -> bool:
-    return spec.np == 1 and not spec.hosts and not spec.hostfile
+    return spec.np == 1 and not spec.hosts and not spec.hostfile and not spec.elastic
 
 
 def find_horovodrun() -> str:
@@ -124,7 +135,11 @@ def build_argv(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional
     if is_local_single(spec):
         return worker_argv(module, config)
     argv = [horovodrun or find_horovodrun(), "-np", str(spec.np)]
-    if spec.hostfile:
+    if spec.elastic:
+        from .elastic import elastic_args
+
+        argv = [argv[0], *elastic_args(spec)]
+    elif spec.hostfile:
         argv += ["--hostfile", spec.hostfile]
     else:
         argv += ["-H", ",".join(f"{h}:{s}" for h, s in slots_of(spec))]

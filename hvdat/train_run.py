@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 from . import checkpoint, launch
 from .config import CONFIG_FILE, TrainConfig
+from .elastic import ELASTIC_WORKER
 from .errors import UsageError
 from .job import raise_for_failure, run_job
 from .progress import TrainProgress, epochs_table
 from .worker import METRICS
 
 RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS)
+STOPPED_EXIT_CODE = 130  # as for Ctrl-C: the run is not finished, but nothing went wrong
 
 
 def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
@@ -39,15 +42,27 @@ def run_training(config: TrainConfig, spec: launch.LaunchSpec, *, dry_run: bool,
     launch.validate(spec)
     run_dir = Path(config.out)
     config_path = run_dir / CONFIG_FILE
-    argv = launch.build_argv(spec, "hvdat.worker", config_path)
+    argv = launch.build_argv(spec, ELASTIC_WORKER if spec.elastic else "hvdat.worker", config_path)
     if dry_run:
         out.print(launch.shell_quote(argv), highlight=False, soft_wrap=True)
         return
     prepare_out(config, overwrite)
     config.save(config_path)
     log_path = run_dir / "logs" / "train.log"
+    stopped: dict = {}
+
+    def on_event(event: dict) -> None:
+        if event.get("event") == "stopped":
+            stopped.update(event)
+        progress.handle(event)
+
     with TrainProgress(err) as progress:
-        result = run_job(argv, log_path, progress.handle)
+        result = run_job(argv, log_path, on_event)
+    if stopped and result.returncode == 0:
+        err.print(f"stopped by signal at epoch {stopped['epoch'] + 1}, batch {stopped['batch']}/{stopped['batches']}; "
+                  f"checkpoint {stopped['checkpoint']}; continue with the same command plus --resume",
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(STOPPED_EXIT_CODE)
     raise_for_failure(result, "training", log_path)
     if not progress.epochs:
         raise UsageError("training produced no epochs", f"is --epochs larger than the epochs already in {run_dir}?")

@@ -16,7 +16,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,12 +24,13 @@ import torch.nn.functional as F
 from . import __version__, checkpoint, events
 from .attacks import ATTACKS, pgd
 from .attacks.bn_mode import attack_mode
-from .compression import COMPRESSORS
+from .compression import COMPRESSORS, wire_bytes
 from .config import TrainConfig
 from .data import Splits, UInt8Images, load_splits
 from .models import build_model
 from .optim import build_optimizer
 from .schedule import lr_at, scale_factor
+from .stop import StopSignal
 
 log = logging.getLogger("hvdat.worker")
 METRICS = "metrics.jsonl"
@@ -103,15 +104,20 @@ def evaluate(ctx: Context, model, splits: Splits, epoch: int) -> Dict[str, float
             "test_robust_acc": robust_correct / robust_total if robust_total else float("nan")}
 
 
-def distributed_optimizer(hvd, optimizer, model, compression: str):
-    """Wrap the optimizer so each gradient's exchange starts as soon as backward produces it."""
-    return hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters(),
-                                    compression=COMPRESSORS.get(compression).build())
+def distributed_optimizer(hvd, optimizer, model, compressor):
+    """Wrap the optimizer so each gradient's exchange starts as soon as backward produces it. Packed compressors
+    (sign, ef-sign, natural) travel through allgather (hvdat.compression.optimizer), the others through Horovod's
+    own allreduce."""
+    from .compression.optimizer import DistributedOptimizer
+
+    return DistributedOptimizer(optimizer, model.named_parameters(), compressor)
 
 
 class Trainer:
     """One worker's training state and steps. `train()` drives it epoch by epoch; other drivers (elastic
     training, benchmarks) reuse the same pieces."""
+
+    sync_at_init = True  # elastic workers sync through hvd.elastic state instead (no collectives at start-up)
 
     def __init__(self, cfg: TrainConfig):
         import horovod.torch as hvd
@@ -135,14 +141,25 @@ class Trainer:
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.peak_lr, cfg.momentum, cfg.weight_decay,
                                          cfg.nesterov)
         self.epoch, self.step, self.best = 0, 0, -1.0
+        self.batch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint resumes there)
+        self.partial = [0.0, 0.0, 0.0]  # loss, correct, seen of those batches, summed over ranks
+        # per-rank compressor state (natural's RNG, ef-sign's residuals); residuals are restored on resume
+        self.compressor = COMPRESSORS.get(cfg.compression).build(seed_for(cfg.seed, self.rank, 3))
+        self.compression_ranks: List[Dict] = []
+        # wrap first: DistributedOptimizer builds a new optimizer from the param groups, dropping loaded state
+        self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, self.compressor)
         if cfg.resume:
             # rank 0 reads the file; every rank gets the same state (no shared filesystem needed)
             state = checkpoint.load(self.out / checkpoint.LAST, arch=cfg.arch) if self.rank == 0 else None
-            if self.size > 1:
+            if self.size > 1 and self.sync_at_init:
                 state = hvd.broadcast_object(state, root_rank=0, name="resume")
-            self.load_state_dict(state)
-        hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
-        self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, cfg.compression)
+            if state is not None:
+                self.load_state_dict(state)
+        if self.sync_at_init:
+            hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
+        numels = [p.numel() for p in self.model.parameters() if p.requires_grad]
+        self.fp32_bytes_per_step = 4 * sum(numels)
+        self.static_bytes_per_step = wire_bytes(cfg.compression, numels)
         self.spec = ATTACKS.get(cfg.attack)
         self.params = self.spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start,
                                        cfg.clean_weight, cfg.trades_beta)
@@ -155,14 +172,32 @@ class Trainer:
     # --- state --------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
-                "step": self.step, "best_robust_acc": self.best, "arch": self.cfg.arch,
+                "step": self.step, "batch": self.batch, "partial": list(self.partial),
+                "best_robust_acc": self.best, "arch": self.cfg.arch,
                 "dataset": self.cfg.dataset, "num_classes": self.splits.num_classes,
-                "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__}
+                "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__,
+                "compression_ranks": self.compression_ranks}
 
     def load_state_dict(self, state: Dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_robust_acc"]
+        self.batch, self.partial = state.get("batch", 0), list(state.get("partial", [0.0, 0.0, 0.0]))
+        if hasattr(self.compressor, "load_rank_states"):
+            self.compressor.load_rank_states(state.get("compression_ranks", []), self.rank, self.size)
+
+    def gather_compression_state(self) -> None:
+        """Collective (every rank calls it): collect each rank's compressor state (EF residuals) for the
+        checkpoint, which rank 0 alone writes."""
+        if hasattr(self.compressor, "state_dict"):
+            mine = self.compressor.state_dict()
+            self.compression_ranks = self.hvd.allgather_object(mine, name="compression_state") if self.size > 1 \
+                else [mine]
+
+    def bytes_sent_per_step(self) -> int:
+        """Gradient bytes this worker hands to Horovod per step: counted for packed compressors, exact from the
+        parameter sizes for allreduce ones."""
+        return getattr(self.optimizer, "bytes_sent_per_step", 0) or self.static_bytes_per_step
 
     def save(self, improved: bool) -> None:
         state = self.state_dict()
@@ -185,38 +220,65 @@ class Trainer:
         self.step += 1
         return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
 
-    def train_epoch(self, epoch: int) -> Dict[str, float]:
+    def sync_buffers(self) -> None:
+        """Average BN running statistics over ranks. Each rank's come from its own shard; averaging makes the model
+        every rank evaluates the same one rank 0 checkpoints, so a resumed run matches an uninterrupted one."""
+        if self.size == 1:
+            return
+        for name, buffer in self.model.named_buffers():
+            if buffer.is_floating_point():
+                buffer.copy_(self.hvd.allreduce(buffer, op=self.hvd.Average, name=f"buffer.{name}"))
+
+    def epoch_indices(self, epoch: int) -> List[int]:
+        """This rank's sample indices for the rest of the epoch (after the self.batch batches already trained)."""
+        self.sampler.set_epoch(epoch)
+        return list(self.sampler)[self.batch * self.cfg.batch_size:]
+
+    def train_epoch(self, epoch: int, after_step: Optional[Callable[[int, List[float]], bool]] = None
+                    ) -> Optional[Dict[str, float]]:
+        """Train the rest of `epoch`. `after_step(batches_done, [loss, correct, seen] so far on this rank)` returning
+        True stops early: then self.batch and self.partial hold the position for a checkpoint, and it returns None."""
         cfg, size = self.cfg, self.size
         epoch_start = time.perf_counter()
-        self.sampler.set_epoch(epoch)
-        attack_gen = torch.Generator(self.device).manual_seed(seed_for(cfg.seed, self.rank, epoch, 1))
-        augment_gen = torch.Generator().manual_seed(seed_for(cfg.seed, self.rank, epoch, 2))
         self.model.train()
-        loss_sum = correct = seen = 0.0
+        # rank 0 carries the (rank-summed) totals of batches trained before a mid-epoch checkpoint
+        loss_sum, correct, seen = self.partial if self.rank == 0 else (0.0, 0.0, 0.0)
         last_report = time.perf_counter()
-        data = batches(self.splits.train, list(self.sampler), cfg.batch_size, self.device, self.loader_workers)
-        for i, (x, y) in enumerate(data):
+        data = batches(self.splits.train, self.epoch_indices(epoch), cfg.batch_size, self.device,
+                       self.loader_workers)
+        for i, (x, y) in enumerate(data, start=self.batch):
+            # randomness per batch (not per epoch), so a run resumed mid-epoch repeats an uninterrupted one exactly
+            attack_gen = torch.Generator(self.device).manual_seed(seed_for(cfg.seed, self.rank, epoch, 1, i))
             if cfg.augment and self.splits.augment is not None:
-                x = self.splits.augment(x, augment_gen)
+                x = self.splits.augment(x, torch.Generator().manual_seed(seed_for(cfg.seed, self.rank, epoch, 2, i)))
             batch_loss, batch_correct = self.train_step(x, y, attack_gen)
             loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
+            if after_step is not None and after_step(i + 1, [loss_sum, correct, seen]):
+                self.batch, self.partial = i + 1, self.ctx.allreduce_sum([loss_sum, correct, seen])
+                return None
             now = time.perf_counter()
             if self.rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == self.steps_per_epoch):
                 last_report = now
                 events.emit("batch", epoch=epoch, batch=i + 1, batches=self.steps_per_epoch, loss=loss_sum / seen,
-                            acc=correct / seen, images_per_sec=seen * size / (now - epoch_start))
+                            acc=correct / seen, images_per_sec=seen * size / (now - epoch_start),
+                            bytes_sent_per_step=self.bytes_sent_per_step())
         train_seconds = time.perf_counter() - epoch_start
+        self.sync_buffers()
         loss_sum, correct, seen = self.ctx.allreduce_sum([loss_sum, correct, seen])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+        self.batch, self.partial = 0, [0.0, 0.0, 0.0]
         metrics.update(evaluate(self.ctx, self.model, self.splits, epoch))
         metrics.update(images_per_sec=seen / train_seconds, lr=self.optimizer.param_groups[0]["lr"],
                        seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, world_size=size,
-                       global_batch=self.global_batch, step=self.step)
+                       global_batch=self.global_batch, step=self.step,
+                       bytes_sent_per_step=self.bytes_sent_per_step(),
+                       compression_ratio=self.fp32_bytes_per_step / self.bytes_sent_per_step())
         self.epoch = epoch + 1
         return metrics
 
     def record(self, metrics: Dict[str, float]) -> None:
-        """Rank 0: checkpoint, append the metrics line, tell the launcher."""
+        """Rank 0: checkpoint, append the metrics line, tell the launcher (every rank calls it)."""
+        self.gather_compression_state()
         if self.rank != 0:
             return
         improved = metrics["test_robust_acc"] > self.best
@@ -226,6 +288,16 @@ class Trainer:
             handle.write(json.dumps(metrics) + "\n")
         events.emit("epoch", **metrics)
 
+    def record_stop(self, epoch: int) -> None:
+        """After a graceful stop mid-epoch (every rank calls it): rank 0 checkpoints the position, tells the
+        launcher."""
+        self.gather_compression_state()
+        if self.rank != 0:
+            return
+        self.save(improved=False)
+        events.emit("stopped", epoch=epoch, batch=self.batch, batches=self.steps_per_epoch, step=self.step,
+                    checkpoint=str(self.out / checkpoint.LAST))
+
 
 def train(cfg: TrainConfig) -> None:
     trainer = Trainer(cfg)
@@ -234,8 +306,13 @@ def train(cfg: TrainConfig) -> None:
         events.emit("start", epochs=cfg.epochs, start_epoch=trainer.epoch, steps_per_epoch=trainer.steps_per_epoch,
                     world_size=trainer.size, global_batch=trainer.global_batch, peak_lr=trainer.peak_lr,
                     params=trainer.params.__dict__)
+    stop = StopSignal.install()
     for epoch in range(trainer.epoch, cfg.epochs):
-        trainer.record(trainer.train_epoch(epoch))
+        metrics = trainer.train_epoch(epoch, lambda done, sums: stop.agreed(trainer.hvd, trainer.size))
+        if metrics is None:
+            trainer.record_stop(epoch)
+            return
+        trainer.record(metrics)
     if trainer.rank == 0:
         events.emit("done", epochs=cfg.epochs)
 

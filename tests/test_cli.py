@@ -1,0 +1,80 @@
+"""The CLI as users meet it: help, dry runs, and one clear line (exit 2, no traceback) for every mistake."""
+
+import sys
+
+import pytest
+
+from conftest import QUICK, assert_one_line_error, run_hvdat
+from hvdat.cli import main
+
+
+def test_help_explains_the_options():
+    proc = run_hvdat("train", "--help")
+    assert proc.returncode == 0
+    for option in ("--np", "--hosts", "--hostfile", "--launcher", "--dry-run", "--dataset", "--data-dir", "--arch",
+                   "--attack", "--eps", "--alpha", "--steps", "--norm", "--epochs", "--batch-size", "--lr",
+                   "--optimizer", "--compression", "--out", "--seed", "--resume", "fgsm-rs", "trades"):
+        assert option in proc.stdout, option
+
+
+def test_version_and_list():
+    assert run_hvdat("--version").stdout.startswith("hvdat ")
+    listing = run_hvdat("list", "attacks").stdout
+    assert "fgsm-rs" in listing and "pgd" in listing
+
+
+def test_dry_run_prints_the_exact_horovodrun_command(tmp_path):
+    proc = run_hvdat("train", "--np", "4", "-H", "node1:2,node2:2", "--launcher", "mpi", "--out", tmp_path / "r",
+                     "--dry-run", env={"COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr
+    horovodrun = str(__import__("pathlib").Path(sys.executable).parent / "horovodrun")
+    assert proc.stdout.strip() == (f"{horovodrun} -np 4 -H node1:2,node2:2 --mpi {sys.executable} -m hvdat.worker "
+                                   f"--config {tmp_path / 'r' / 'config.json'}")
+    assert not (tmp_path / "r").exists(), "a dry run writes nothing"
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--arch", "resnet-9000"], ["unknown arch 'resnet-9000'", "small-cnn", "preact-resnet18", "wrn-34-10"]),
+    (["--dataset", "mnist-x"], ["unknown dataset 'mnist-x'", "digits", "cifar10"]),
+    (["--attack", "deepfool"], ["unknown attack 'deepfool'", "fgsm-rs", "pgd", "trades"]),
+    (["--eps", "0"], ["outside (0, 1]"]),
+    (["--eps", "300/255"], ["outside (0, 1]"]),
+    (["--eps", "eight"], ["invalid eps 'eight'", "8/255"]),
+    (["--np", "0"], ["--np must be >= 1"]),
+    (["--np", "5", "-H", "localhost:2,127.0.0.1:2"], ["--np 5 is more than the 4 slots"]),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent/cifar"], ["data dir /nonexistent/cifar does not exist"]),
+    (["--dataset", "imagenet"], ["needs --data-dir"]),
+    (["--np", "2", "-H", "bad;host:2"], ["invalid host name"]),
+    (["--optimizer", "adam9"], ["unknown optimizer", "lamb"]),
+    (["--epochs", "x"], ["Invalid value for '--epochs'"]),
+])
+def test_bad_input_is_one_clear_line(args, fragments, tmp_path):
+    assert_one_line_error(run_hvdat("train", "--out", tmp_path / "run", *args), *fragments)
+
+
+def test_np_larger_than_hostfile_slots(tmp_path):
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text("localhost slots=2\n")
+    assert_one_line_error(run_hvdat("train", "--np", "3", "--hostfile", hostfile, "--out", tmp_path / "r"),
+                          "--np 3 is more than the 2 slots")
+
+
+def test_missing_horovodrun_says_how_to_install(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys, "executable", "/nonexistent/bin/python")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["train", "--np", "2", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "horovodrun not found" in err and "bin/install" in err and "Traceback" not in err
+
+
+def test_checkpoint_from_another_arch(trained_run):
+    assert_one_line_error(run_hvdat("train", *QUICK, "--out", trained_run, "--resume", "--arch", "preact-resnet18"),
+                          "holds arch 'small-cnn', not 'preact-resnet18'")
+
+
+def test_resume_without_a_checkpoint(tmp_path):
+    assert_one_line_error(run_hvdat("train", "--out", tmp_path / "empty", "--resume"), "no checkpoint at")
+
+
+def test_existing_run_is_not_silently_overwritten(trained_run):
+    assert_one_line_error(run_hvdat("train", *QUICK, "--out", trained_run), "already holds a run", "--resume")

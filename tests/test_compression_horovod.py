@@ -1,0 +1,64 @@
+"""Compressed gradient exchange through real `horovodrun -np 3` jobs (Gloo on CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+from conftest import QUICK, REPO, read_metrics, run_hvdat
+from hvdat.compression import COMPRESSORS, wire_bytes
+
+HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
+
+
+def horovod_job(np_: int, *args: str) -> list:
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
+    proc = subprocess.run([HOROVODRUN, "-np", str(np_), "--gloo", sys.executable, str(REPO / "tests" /
+                                                                                      "hvd_compression_job.py"),
+                           *args], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [json.loads(line.split("@@result ", 1)[1]) for line in proc.stdout.splitlines() if "@@result " in line]
+
+
+def test_every_compressor_keeps_three_ranks_bit_identical_and_counts_its_wire_bytes():
+    results = {r["compression"]: r for r in horovod_job(3, *COMPRESSORS.names())}
+    assert sorted(results) == sorted(COMPRESSORS.names())
+    for name, result in results.items():
+        assert result["size"] == 3
+        assert result["identical"], result
+        assert result["changed"], result  # the model really trained
+        if COMPRESSORS.get(name).bits_per_element < 16:  # packed: counted live by the optimizer
+            assert result["bytes"] == result["expected"], result
+    # sign: 1/32 of fp32 plus a 4-byte scale and the padding of the last byte per tensor
+    sign, tensors = results["sign"], 4
+    assert sign["bytes"] <= sign["fp32"] / 32 + 5 * tensors
+    assert results["natural"]["bytes"] == results["natural"]["fp32"] / 4 + tensors
+
+
+def test_one_worker_still_compresses_although_horovod_registers_no_hooks():
+    (result,) = horovod_job(1, "sign")
+    assert result["size"] == 1 and result["bytes"] == result["expected"]
+
+
+def test_train_ef_sign_on_three_ranks_reports_bytes_and_resumes_its_residuals(tmp_path):
+    out = tmp_path / "run"
+    common = ["train", *QUICK, "--np", "3", "--compression", "ef-sign", "--batch-size", "32", "--train-samples",
+              "480", "--eval-samples", "48", "--out", out]
+    run_hvdat(*common, "--epochs", "1", check=True)
+    (metrics,) = read_metrics(out)
+    state = torch.load(out / "last.pt", weights_only=True)
+    numels = [v.numel() for v in state["model"].values() if v.is_floating_point() and v.dim() > 0]
+    residuals = state["compression_ranks"]
+    assert len(residuals) == 3 and all(len(r) > 0 for r in residuals)
+    assert not torch.equal(next(iter(residuals[0].values())), next(iter(residuals[1].values())))
+    params = sum(r.numel() for r in residuals[0].values())
+    assert metrics["bytes_sent_per_step"] == wire_bytes("ef-sign", [r.numel() for r in residuals[0].values()])
+    assert abs(metrics["compression_ratio"] - 4 * params / metrics["bytes_sent_per_step"]) < 1e-9
+    assert metrics["compression_ratio"] > 25
+    assert params <= sum(numels)
+    run_hvdat(*common, "--epochs", "2", "--resume", check=True)
+    assert [m["epoch"] for m in read_metrics(out)] == [1, 2]

@@ -1,0 +1,201 @@
+"""Compressor math without a cluster: statistics, packing, votes, EF bookkeeping and every edge case."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hvdat.compression import COMPRESSORS, Compression, wire_bytes
+from hvdat.compression import packing
+from hvdat.compression.natural import NaturalCompressor
+
+PACKED = ["sign", "ef_sign", "natural"]
+
+
+def gathered(*payloads: torch.Tensor) -> torch.Tensor:
+    """What hvd.allgather returns: the ranks' payloads back to back."""
+    return torch.cat(payloads)
+
+
+def test_registry_and_mirror_cover_the_same_compressors():
+    assert COMPRESSORS.names() == ["none", "fp16", "sign", "ef-sign", "natural"]
+    for name in COMPRESSORS.names():
+        member = getattr(Compression, name.replace("-", "_"))
+        x = torch.randn(10)
+        payload, ctx = member().compress(x) if isinstance(member, type) and getattr(member, "packed", 0) \
+            else member.compress(x)
+        assert member.decompress(payload, ctx).shape == x.shape
+
+
+# --- natural ------------------------------------------------------------------------------------------------------
+def test_natural_is_unbiased_and_its_second_moment_is_at_most_9_8():
+    x = torch.tensor([1.0, 1.5, 1.25, -3.0, 0.7, -1e-3, 5e-8, 1.999], dtype=torch.float32)
+    draws = 20000
+    comp = NaturalCompressor(seed=1)
+    # one tensor of `draws` copies: every element gets its own independent draw
+    samples = comp.decompress(*comp.compress(x.repeat(draws, 1))).double()
+    xd = x.double()
+    # each sample lies on one of the two neighbouring powers of two, so its std is at most |x|/2 (f(1-f) <= 1/4);
+    # 6 standard errors makes a false failure practically impossible
+    tolerance = 6 * xd.abs() / 2 / math.sqrt(draws)
+    assert torch.all((samples.mean(0) - xd).abs() <= tolerance), (samples.mean(0), xd)
+    second = (samples ** 2).mean(0)
+    assert torch.all(second <= 9 / 8 * xd ** 2 * (1 + 6 / math.sqrt(draws))), (second / xd ** 2)
+
+
+def test_natural_gives_neighbouring_powers_of_two_and_keeps_exact_ones():
+    comp = NaturalCompressor(seed=0)
+    x = torch.randn(10000) * 10
+    y = comp.decompress(*comp.compress(x))
+    exponent = torch.floor(torch.log2(x.abs()))
+    assert torch.all((y.abs() == 2.0 ** exponent) | (y.abs() == 2.0 ** (exponent + 1)))
+    assert torch.equal(torch.sign(y), torch.sign(x))
+    powers = torch.tensor([1.0, -2.0, 0.5, 2.0 ** -20, -(2.0 ** 30), 0.0])
+    assert torch.equal(comp.decompress(*comp.compress(powers)), powers)
+
+
+def test_natural_subnormals_are_rounded_without_bias_to_zero_or_the_smallest_normal():
+    comp = NaturalCompressor(seed=3)
+    tiny = torch.full((200000,), 2.0 ** -130)  # subnormal in fp32, alone in its tensor
+    y = comp.decompress(*comp.compress(tiny))
+    assert set(y.unique().tolist()) <= {0.0, 2.0 ** -126}
+    assert abs(y.double().mean().item() / 2.0 ** -130 - 1) < 0.05  # p = 1/16, 200k draws: std of mean ~ 2%
+
+
+def test_natural_saturates_at_the_dtypes_largest_power_and_flushes_below_the_window():
+    comp = NaturalCompressor(seed=0)
+    big = torch.full((1000,), 3.0e38)  # rounds up to 2^128 = inf half the time without saturation
+    assert torch.all(comp.decompress(*comp.compress(big)) == 2.0 ** 127)
+    half = torch.full((1000,), 60000.0, dtype=torch.float16)
+    out = comp.decompress(*comp.compress(half))
+    assert out.dtype == torch.float16 and torch.all(out == 2.0 ** 15)
+    window = torch.tensor([1.0, 2.0 ** -126, -(2.0 ** -125)])  # 2^125 below the top: under the window
+    assert comp.decompress(*comp.compress(window)).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_natural_payload_is_one_byte_per_element_plus_a_header():
+    comp = NaturalCompressor(seed=0)
+    payload, _ = comp.compress(torch.randn(1001))
+    assert payload.dtype == torch.uint8 and payload.numel() == 1002 == COMPRESSORS.get("natural").wire_bytes(1001)
+
+
+def test_natural_aggregate_is_the_mean_of_the_workers_decoded_values():
+    a, b = NaturalCompressor(seed=1), NaturalCompressor(seed=2)
+    x, y = torch.randn(333), torch.randn(333)
+    (pa, ctx), (pb, _) = a.compress(x), b.compress(y)
+    mean = (a.decompress(pa, ctx) + b.decompress(pb, ctx)) / 2
+    assert torch.equal(a.decompress(gathered(pa, pb), ctx), mean)
+
+
+# --- sign and packing ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("numel", [1, 7, 8, 9, 63, 1001])
+def test_sign_packing_round_trips_odd_lengths(numel):
+    bits = np.random.default_rng(numel).random(numel) < 0.5
+    packed = packing.pack_bits(bits)
+    assert packed.size == packing.packed_len(numel)
+    assert np.array_equal(packing.unpack_bits(packed, numel).astype(bool), bits)
+
+
+def test_sign_round_trip_is_scaled_sign_with_one_bit_per_element():
+    x = torch.tensor([3.0, -1.0, 0.0, -0.0, 2.0, -6.0, 1.0])
+    payload, ctx = Compression.sign.compress(x)
+    assert payload.numel() == 4 + 1 == wire_bytes("sign", [7])
+    scale = x.abs().mean().item()
+    assert torch.allclose(Compression.sign.decompress(payload, ctx),
+                          torch.tensor([1, -1, 1, 1, 1, -1, 1.0]) * scale)
+
+
+def test_majority_vote_and_ties_go_to_zero():
+    sign = Compression.sign
+    w1 = torch.tensor([1.0, 1.0, -1.0, -1.0, 2.0])
+    w2 = torch.tensor([1.0, -1.0, 1.0, -1.0, -2.0])
+    w3 = torch.tensor([-1.0, -1.0, -1.0, -1.0, 2.0])
+    payloads = [sign.compress(w)[0] for w in (w1, w2, w3)]
+    ctx = sign.compress(w1)[1]
+    mean_scale = np.mean([w.abs().mean().item() for w in (w1, w2, w3)])
+    three = sign.decompress(gathered(*payloads), ctx)
+    assert torch.allclose(three, torch.tensor([1.0, -1, -1, -1, 1]) * mean_scale)
+    two = sign.decompress(gathered(*payloads[:2]), ctx)
+    scale2 = np.mean([w1.abs().mean().item(), w2.abs().mean().item()])
+    assert torch.allclose(two, torch.tensor([1.0, 0, 0, -1, 0]) * scale2)
+
+
+# --- EF-sign ------------------------------------------------------------------------------------------------------
+def test_ef_bookkeeping_sent_plus_residual_equals_the_sum_of_gradients():
+    ef = Compression.ef_sign()
+    generator = torch.Generator().manual_seed(0)
+    grads = [torch.randn(101, generator=generator) for _ in range(20)]
+    sent = torch.zeros(101, dtype=torch.float64)
+    for g in grads:
+        payload, ctx = ef.compress(g, name="w")
+        sent += ef.decompress(payload, ctx).double()
+    total = torch.stack(grads).double().sum(0)
+    assert torch.allclose(sent + ef.residuals["w"].double(), total, atol=1e-4)
+    assert ef.residuals["w"].abs().max() > 0  # there is something to feed back
+
+
+def test_ef_residuals_are_per_name_and_survive_a_state_dict_round_trip():
+    ef = Compression.ef_sign()
+    ef.compress(torch.randn(5), name="a")
+    ef.compress(torch.randn(3), name="b")
+    restored = Compression.ef_sign()
+    restored.load_state_dict(ef.state_dict())
+    x = torch.randn(5)
+    assert torch.equal(ef.compress(x, name="a")[0], restored.compress(x, name="a")[0])
+    other = Compression.ef_sign()
+    other.load_rank_states([{"a": torch.ones(2)}, {"a": 3 * torch.ones(2)}], rank=0, size=3)
+    assert other.residuals["a"].tolist() == [2.0, 2.0]  # world size changed: the mean keeps (1/n)Σe
+
+
+def test_ef_sign_aggregate_is_the_mean_of_scaled_signs():
+    a, b = Compression.ef_sign(), Compression.ef_sign()
+    x, y = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([-4.0, -4.0, 4.0])
+    (pa, ctx), (pb, _) = a.compress(x), b.compress(y)
+    assert torch.allclose(a.decompress(gathered(pa, pb), ctx), torch.tensor([-1.0, -3.0, 3.0]))
+
+
+# --- edge cases shared by every packed compressor -----------------------------------------------------------------
+@pytest.mark.parametrize("name", PACKED)
+def test_all_zero_and_empty_tensors(name):
+    comp = getattr(Compression, name)()
+    zeros = torch.zeros(3, 5)
+    out = comp.decompress(*comp.compress(zeros, name="z"))
+    assert out.shape == (3, 5) and torch.equal(out, zeros)
+    empty = torch.zeros(0, 4)
+    payload, ctx = comp.compress(empty, name="e")
+    assert payload.numel() == COMPRESSORS.get(name.replace("_", "-")).wire_bytes(0)
+    assert comp.decompress(payload, ctx).shape == (0, 4)
+
+
+@pytest.mark.parametrize("name", PACKED)
+@pytest.mark.parametrize("special", [math.inf, -math.inf, math.nan])
+def test_inf_and_nan_never_become_finite(name, special):
+    comp = getattr(Compression, name)()
+    x = torch.tensor([1.0, -2.0, special, 0.5])
+    out = comp.decompress(*comp.compress(x, name="x"))
+    assert not torch.isfinite(out[2])
+    if name == "natural":  # elementwise: the special itself survives, the rest is untouched
+        assert (math.isnan(special) and math.isnan(out[2])) or out[2].item() == special
+        assert torch.isfinite(out[[0, 1, 3]]).all()
+
+
+@pytest.mark.parametrize("name", PACKED)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_gradients_keep_their_dtype(name, dtype):
+    comp = getattr(Compression, name)()
+    x = torch.randn(4, 9).to(dtype)
+    out = comp.decompress(*comp.compress(x, name="h"))
+    assert out.dtype == dtype and out.shape == x.shape
+    assert torch.equal(torch.sign(out[x != 0]), torch.sign(x[x != 0])) or name != "natural"
+
+
+@pytest.mark.parametrize("name", ["sign", "ef-sign", "natural"])
+def test_payload_is_uint8_and_its_size_matches_wire_bytes(name):
+    comp = COMPRESSORS.get(name).build(0)
+    for numel in (1, 17, 4096):
+        payload, _ = comp.compress(torch.randn(numel), name=str(numel))
+        assert payload.dtype == torch.uint8 and payload.dim() == 1
+        assert payload.numel() == wire_bytes(name, [numel])

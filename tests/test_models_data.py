@@ -1,0 +1,70 @@
+"""Every registered model and dataset works; normalisation lives in the model; real CIFAR-10 loads."""
+
+import pytest
+import torch
+
+from hvdat.data import DATASETS, crop_flip, load_splits
+from hvdat.errors import UsageError
+from hvdat.models import MODELS, build_model
+
+
+@pytest.mark.parametrize("arch", MODELS.names() + ["resnet18"])
+def test_every_model_classifies_batches(arch):
+    model = build_model(arch, 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_torchvision_models_accept_grayscale():
+    model = build_model("resnet18", 10, (1, 32, 32), (0.3,), (0.4,)).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 1, 32, 32)).shape == (2, 10)
+
+
+def test_unknown_arch_lists_the_choices():
+    with pytest.raises(UsageError, match="small-cnn, preact-resnet18, wrn-34-10"):
+        MODELS.get("resnet-9000")
+
+
+def test_digits_is_real_and_embedded():
+    splits = load_splits("digits", None)
+    assert len(splits.train) == 1437 and len(splits.test) == 360 and splits.num_classes == 10
+    x, y = splits.train[0]
+    assert x.shape == (1, 16, 16) and 0 <= x.min() and x.max() <= 1 and x.max() > 0.5
+    labels = torch.tensor([splits.test[i][1] for i in range(len(splits.test))])
+    assert len(labels.unique()) == 10
+
+
+def test_subsets_are_fixed():
+    a = load_splits("digits", None, train_samples=100)
+    b = load_splits("digits", None, train_samples=100)
+    assert len(a.train) == 100 and torch.equal(a.train.images, b.train.images)
+
+
+@pytest.mark.parametrize("name", [n for n in DATASETS.names() if not DATASETS.get(n).needs_dir])
+def test_datasets_without_a_directory_load(name):
+    splits = load_splits(name, None, train_samples=64, test_samples=32)
+    assert len(splits.train) == 64 and len(splits.test) == 32
+
+
+def test_real_cifar10_in_imagefolder_layout(cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HVDAT_CACHE", str(tmp_path))
+    splits = load_splits("cifar10", str(cifar_dir), train_samples=300, test_samples=100)
+    assert splits.num_classes == 10 and splits.shape == (3, 32, 32)
+    assert len(splits.train) == 300 and len(splits.test) == 100
+    assert list(tmp_path.glob("folder-*.pt")), "decoded images are cached for the next run"
+    again = load_splits("imagefolder", str(cifar_dir), train_samples=300, test_samples=100)
+    assert torch.equal(again.train.images, splits.train.images)
+
+
+def test_crop_flip_is_reproducible_and_keeps_shape():
+    x = torch.rand(8, 3, 32, 32)
+    a = crop_flip()(x, torch.Generator().manual_seed(3))
+    b = crop_flip()(x, torch.Generator().manual_seed(3))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_normalisation_is_inside_the_model():
+    model = build_model("small-cnn", 10, (1, 16, 16), (0.3,), (0.4,))
+    assert torch.allclose(model.mean.flatten(), torch.tensor([0.3]))
+    assert torch.allclose(model.std.flatten(), torch.tensor([0.4]))

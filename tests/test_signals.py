@@ -1,0 +1,104 @@
+"""Graceful stop and crash safety, with real processes: SIGTERM to `hvdat train` mid-epoch, and SIGKILL during a
+checkpoint write."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import HVDAT, QUICK, REPO, read_metrics, run_hvdat
+
+# 2 ranks, 44 steps per epoch of ~50 ms on 2 cores: a signal after the first progress event lands mid-epoch.
+ARGS = ["--np", "2", *QUICK, "--epochs", "1", "--batch-size", "16"]
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, f"exited early ({proc.returncode}): {proc.communicate()}"
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} never appeared in {path}")
+
+
+def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
+    stopped = tmp_path / "stopped"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(HVDAT + ["train", *ARGS, "--out", str(stopped)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    _wait_for(stopped / "logs" / "train.log", '"event":"batch"', proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+
+    assert proc.returncode == 130, (stdout, stderr)
+    assert "Traceback" not in stdout + stderr
+    assert "stopped by signal at epoch 1" in stderr and "--resume" in stderr, stderr
+    log = (stopped / "logs" / "train.log").read_text()
+    assert "exited with non-zero" not in log, log
+    state = torch.load(stopped / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["batch"] < 44, (state["epoch"], state["batch"])
+    assert state["step"] == state["batch"]
+    assert not (stopped / "metrics.jsonl").exists()
+
+    run_hvdat("train", *ARGS, "--out", stopped, "--resume", check=True)
+    whole = tmp_path / "whole"
+    run_hvdat("train", *ARGS, "--out", whole, check=True)
+
+    resumed, reference = read_metrics(stopped), read_metrics(whole)
+    keys = ("epoch", "step", "train_loss", "train_acc", "test_clean_acc", "test_robust_acc", "lr")
+    assert [{k: m[k] for k in keys} for m in resumed] == [{k: m[k] for k in keys} for m in reference]
+    a = torch.load(stopped / "last.pt", weights_only=True)
+    b = torch.load(whole / "last.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    momentum = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert momentum and all(torch.equal(x, a["optimizer"]["state"][i]["momentum_buffer"])
+                            for i, x in zip(b["optimizer"]["state"], momentum))
+
+
+WRITER = textwrap.dedent("""
+    import sys, torch
+    from hvdat import checkpoint
+    path = sys.argv[1]
+    checkpoint.save_atomic({"model": {"w": torch.zeros(4)}, "arch": "small-cnn", "version": 0}, path)
+    print("saved", flush=True)
+    big = torch.randn(48 * 2**20 // 4)  # 48 MB: each write takes long enough to be caught in the middle
+    version = 1
+    while True:
+        checkpoint.save_atomic({"model": {"w": big}, "arch": "small-cnn", "version": version}, path)
+        version += 1
+""")
+
+
+def test_sigkill_during_checkpoint_write_leaves_the_previous_checkpoint_loadable(tmp_path):
+    from hvdat import checkpoint
+
+    path = tmp_path / checkpoint.LAST
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.stdout.readline().strip() == "saved"
+    tmp = tmp_path / f".{checkpoint.LAST}.{proc.pid}.tmp"
+    deadline = time.monotonic() + 60
+    while not (tmp.exists() and tmp.stat().st_size > 1 << 20):  # a write is under way
+        assert time.monotonic() < deadline and proc.poll() is None
+    proc.kill()
+    proc.wait()
+
+    assert tmp.exists() and tmp.stat().st_size < 48 * 2**20, "the kill should land mid-write"
+    with open(tmp, "rb") as partial:  # what a non-atomic write would have left as last.pt
+        try:
+            torch.load(partial, weights_only=True)
+            raise AssertionError("a half-written file loaded")
+        except AssertionError:
+            raise
+        except Exception:
+            pass
+    state = checkpoint.load(path, arch="small-cnn")
+    assert state["version"] >= 0 and state["model"]["w"].numel() in (4, 48 * 2**20 // 4)
