@@ -9,7 +9,6 @@ or how many ranks there are, so sharding chunks over Horovod ranks reproduces a 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -17,9 +16,6 @@ import torch
 
 from .eval_attacks import STAGES, Plan, StageRunner
 
-REPORT_KEYS = ("clean_accuracy", "robust_accuracy", "stages", "n_examples", "eps", "norm", "seconds",
-               "max_perturbation", "perturbation_ok", "pixel_range", "sanity", "departures", "attack", "version",
-               "settings", "sweep", "checkpoint", "dataset", "world_size", "seed", "batch_size", "examples")
 SQUARE_ALPHA = 0.002  # AutoAttack's checks.check_square_sr tolerance
 MONOTONE_TOLERANCE = 0.01  # robust accuracy may wobble by this much between PGD iterates before we flag it
 
@@ -220,6 +216,3 @@ def chunk_bounds(n_examples: int, batch_size: int) -> List[Tuple[int, int]]:
 def chunks_of_rank(n_chunks: int, rank: int, size: int) -> List[int]:
     return list(range(rank, n_chunks, size))
 
-
-def is_finite(value: float) -> bool:
-    return not (math.isnan(value) or math.isinf(value))

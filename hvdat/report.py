@@ -40,7 +40,7 @@ def read_eval_reports(run_dir: Path) -> List[Dict]:
         except json.JSONDecodeError:
             log.warning("skipping %s: not valid JSON", path)
             continue
-        if isinstance(report, dict) and report.get("sweep"):
+        if isinstance(report, dict) and len(report.get("sweep") or []) > 1:
             reports.append(report)
     return reports
 
@@ -72,10 +72,13 @@ def plot_training(rows: List[Dict], path: Path) -> Path:
     ax.set(title="learning rate (end of epoch)", xlabel="epoch")
     ax = axes[1][1]
     ax.plot(epochs, [r["images_per_sec"] for r in rows], "o-")
-    ax.set(title=f"throughput ({rows[-1].get('world_size', 1)} workers)", xlabel="epoch", ylabel="images/s",
+    ax.set(title=f"throughput ({rows[-1].get('world_size', 1)} worker(s))", xlabel="epoch", ylabel="images/s",
            ylim=(0, None))
+    from matplotlib.ticker import MaxNLocator
+
     for ax in axes.flat:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle("hvdat training")
     fig.savefig(path, dpi=110)
     plt.close(fig)
