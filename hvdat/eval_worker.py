@@ -7,14 +7,12 @@ rank 0 summarises them and emits the `result` event that `hvdat eval` turns into
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -27,6 +25,7 @@ from .eval_config import EvalConfig
 from .evaluate import ChunkResult, EpsResult, chunk_bounds, chunks_of_rank, evaluate_chunk, summarise
 from .models import build_model
 from .worker import seed_for
+from .worker_main import worker_main
 
 log = logging.getLogger("hvdat.eval_worker")
 STATE_DIR = "state"
@@ -144,18 +143,7 @@ def evaluate(cfg: EvalConfig) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hvdat.eval_worker", description=__doc__)
-    parser.add_argument("--config", required=True, type=Path, help="config.json written by `hvdat eval`")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HVDAT_LOG", "WARNING"), format="%(name)s: %(message)s")
-    try:
-        evaluate(EvalConfig.load(args.config))
-    except Exception as exc:  # report which rank failed and why, for the launcher's summary
-        rank = os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-        events.emit("error", rank=int(rank), message=f"{type(exc).__name__}: {exc}")
-        traceback.print_exc()
-        return 1
-    return 0
+    return worker_main(lambda path: evaluate(EvalConfig.load(path)), "python -m hvdat.eval_worker", __doc__, argv)
 
 
 if __name__ == "__main__":
