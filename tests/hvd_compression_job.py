@@ -52,7 +52,7 @@ def main(names) -> None:
         if hvd.rank() == 0:
             print("@@result " + json.dumps({
                 "compression": name, "identical": len(set(digests)) == 1, "changed": digests[0] != start,
-                "bytes": getattr(optimizer, "bytes_sent_per_step", None), "expected": wire_bytes(name, numels),
+                "bytes": getattr(optimizer, "bytes_sent_per_step", None), "expected": wire_bytes(name, [p.shape for p in model.parameters()]),
                 "fp32": 4 * sum(numels), "size": hvd.size()}), flush=True)
 
 

@@ -83,7 +83,7 @@ def bench(settings: Dict) -> None:
         if rank == 0:
             codec = time_codec(COMPRESSORS.get(name).build(rank), grads, size, settings["codec_repeats"])
             events.emit("row", compression=name, exchange_seconds=exchange,
-                        bytes_per_worker=wire_bytes(name, numels), fp32_bytes=fp32, world_size=size,
+                        bytes_per_worker=wire_bytes(name, shapes), fp32_bytes=fp32, world_size=size,
                         parameters=sum(numels), tensors=len(numels), **codec)
         hvd.barrier()
 
