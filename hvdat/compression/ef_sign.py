@@ -51,24 +51,33 @@ def wire_bytes(shape: Union[int, Sequence[int]]) -> int:
     return packing.SCALE_BYTES * blocks(shape) + packing.packed_len(numel)
 
 
-def block_scales(corrected: np.ndarray, nblocks: int) -> np.ndarray:
-    """‖p_r‖₁/d_r per block, float32 (0 for an empty tensor)."""
+def block_scales(corrected: np.ndarray, nblocks: int, scratch: np.ndarray) -> np.ndarray:
+    """‖p_r‖₁/d_r per block, float32 (0 for an empty tensor); scratch: a float32 buffer of corrected's size."""
     if corrected.size == 0:
         return np.zeros(nblocks, dtype=np.float32)
-    rows = torch.from_numpy(corrected).view(nblocks, -1)
-    return (torch.linalg.vector_norm(rows, 1, dim=1, dtype=torch.float64) / rows.shape[1]).float().numpy()
+    magnitudes = np.abs(corrected, out=scratch).reshape(nblocks, -1)
+    return np.add.reduce(magnitudes, axis=1) / np.float32(magnitudes.shape[1])
+
+
+def scaled_signs(bits: np.ndarray, scales: np.ndarray, numel: int, out: np.ndarray) -> np.ndarray:
+    """scales[r] · (±1 from the packed bits) into out (float32, at least 8·len(bits) elements); returns out[:numel]."""
+    np.take(packing.SIGN_TABLE, bits, axis=0, out=out[:8 * bits.size].reshape(-1, 8), mode="clip")
+    values = out[:numel]
+    with np.errstate(invalid="ignore"):  # a non-finite scale makes its block non-finite, on purpose
+        if scales.size == 1:
+            values *= scales[0]
+        elif numel:
+            values.reshape(scales.size, -1).__imul__(scales[:, None])
+    return values
 
 
 def mean_of_scaled_signs(rows: np.ndarray, numel: int, nblocks: int) -> np.ndarray:
     scale_bytes = packing.SCALE_BYTES * nblocks
     scales = np.ascontiguousarray(rows[:, :scale_bytes]).view(np.float32) / np.float32(rows.shape[0])
     out = np.zeros(numel, dtype=np.float32)
-    view = out.reshape(nblocks, -1) if numel else out
+    scratch = np.empty(8 * packing.packed_len(numel), dtype=np.float32)
     for scale, bits in zip(scales, rows[:, scale_bytes:]):  # one vectorised pass per worker
-        signs = packing.expand(packing.SIGN_TABLE, bits, numel)
-        if numel:
-            with np.errstate(invalid="ignore"):  # a non-finite scale makes its block non-finite, on purpose
-                view += signs.reshape(nblocks, -1) * scale[:, None]
+        out += scaled_signs(bits, scale, numel, scratch)
     return out
 
 
@@ -82,6 +91,13 @@ class EFSignCompressor:
     def __init__(self, seed: Optional[int] = None):
         self.residuals: Dict[str, torch.Tensor] = {}
         self.momentum: Dict[str, torch.Tensor] = {}  # filled by the optimizer (worker-local SGD momentum)
+        self._buffer = np.empty(0, dtype=np.float32)
+
+    def _scratch(self, size: int) -> np.ndarray:
+        """One reused float32 work buffer (the largest tensor's size), instead of temporaries per call."""
+        if self._buffer.size < size:
+            self._buffer = np.empty(size, dtype=np.float32)
+        return self._buffer[:size]
 
     def compress(self, tensor: torch.Tensor, name: str = ""):
         values = packing.as_float32(tensor)
@@ -91,14 +107,13 @@ class EFSignCompressor:
                              f"{values.size}; pass a distinct name= per tensor")
         corrected = values.copy() if residual is None else np.add(values, residual.numpy(), out=residual.numpy())
         nblocks = blocks(tensor.shape)
-        scales = block_scales(corrected, nblocks)
-        negative = corrected < 0
-        payload = packing.to_payload(scales.view(np.uint8), packing.pack_bits(negative))
-        if corrected.size:
-            # e <- p - s * sign(p), with the same convention as the bits (0 counts as positive)
-            with np.errstate(invalid="ignore"):  # inf - inf = NaN: non-finite stays non-finite, on purpose
-                step = np.where(negative.reshape(nblocks, -1), -scales[:, None], scales[:, None])
-                corrected.reshape(nblocks, -1).__isub__(step)
+        scratch = self._scratch(8 * packing.packed_len(values.size))
+        scales = block_scales(corrected, nblocks, scratch[:values.size])
+        bits = packing.pack_bits(corrected < 0)
+        payload = packing.to_payload(scales.view(np.uint8), bits)
+        # e <- p - s * sign(p), decoded from the bits just sent, so the bookkeeping is exact by construction
+        with np.errstate(invalid="ignore"):  # inf - inf = NaN: non-finite stays non-finite, on purpose
+            corrected -= scaled_signs(bits, scales, values.size, scratch)
         self.residuals[name] = torch.from_numpy(corrected)
         return payload, packing.ctx_of(tensor)
 
