@@ -3,7 +3,8 @@
 For each compressor it wraps a model-shaped set of gradients in hvdat's DistributedOptimizer and, per step, hands
 the gradients over in reverse order (as backward produces them, through the same `_allreduce_grad_async` that the
 hooks call), then `synchronize()`s, which decodes each result while later ones are in flight. Separately, rank 0
-times compress and decompress alone on one core, in wall and thread CPU time. Rank 0 prints one `@@hvdat` `row` event per compressor.
+times compress and decompress alone on one core, in wall and thread CPU time. Rank 0 prints one `@@hvdat` `row`
+event per compressor.
 """
 
 from __future__ import annotations

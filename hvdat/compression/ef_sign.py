@@ -60,7 +60,8 @@ def block_scales(corrected: np.ndarray, nblocks: int, scratch: np.ndarray) -> np
 
 
 def scaled_signs(bits: np.ndarray, scales: np.ndarray, numel: int, out: np.ndarray) -> np.ndarray:
-    """scales[r] · (±1 from the packed bits) into out (float32, at least 8·len(bits) elements); returns out[:numel]."""
+    """scales[r] · (±1 from the packed bits), written into out (float32, >= 8·len(bits) elements); returns
+    out[:numel]."""
     np.take(packing.SIGN_TABLE, bits, axis=0, out=out[:8 * bits.size].reshape(-1, 8), mode="clip")
     values = out[:numel]
     with np.errstate(invalid="ignore"):  # a non-finite scale makes its block non-finite, on purpose
