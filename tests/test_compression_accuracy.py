@@ -1,6 +1,6 @@
 """Compressed 2-worker PGD-AT through real horovodrun on digits reaches the robustness of uncompressed training.
 
-About 2 minutes on 2 cores (three ~40 s runs). The recipe is test_train.RECIPE made cheaper (PGD-3, 5 epochs,
+About 2-2.5 minutes on 2 cores (three 40-55 s runs; 144 s at load average 7). The recipe is test_train.RECIPE made cheaper (PGD-3, 5 epochs,
 PGD-5 evaluation on 256 test images), which still ends clearly robust (about 75% robust accuracy, chance is 10%).
 """
 
