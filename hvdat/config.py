@@ -104,6 +104,9 @@ class TrainConfig:
         spec = ATTACKS.get(self.attack)
         optim.OPTIMIZERS.get(self.optimizer)
         COMPRESSORS.get(self.compression)
+        if self.compression == "ef-sign" and self.optimizer != "sgd":  # it sends each worker's SGD update
+            raise UsageError(f"--compression ef-sign needs --optimizer sgd, not {self.optimizer}",
+                             "use --optimizer sgd, or --compression sign/natural")
         SCHEDULES.get(self.schedule)
         if self.norm not in spec.norms:
             raise UsageError(f"attack {self.attack!r} does not support norm {self.norm!r}",

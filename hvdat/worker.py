@@ -156,9 +156,9 @@ class Trainer:
                 self.load_state_dict(state)
         if self.sync_at_init and not cfg.resume:  # a resumed state already came from rank 0 (with per-rank BN)
             hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
-        numels = [p.numel() for p in self.model.parameters() if p.requires_grad]
-        self.fp32_bytes_per_step = 4 * sum(numels)
-        self.static_bytes_per_step = wire_bytes(cfg.compression, numels)
+        shapes = [p.shape for p in self.model.parameters() if p.requires_grad]
+        self.fp32_bytes_per_step = 4 * sum(shape.numel() for shape in shapes)
+        self.static_bytes_per_step = wire_bytes(cfg.compression, shapes)
         self.spec = ATTACKS.get(cfg.attack)
         self.params = self.spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start,
                                        cfg.clean_weight, cfg.trades_beta)

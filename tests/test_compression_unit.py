@@ -148,6 +148,9 @@ def test_ef_residuals_are_per_name_and_survive_a_state_dict_round_trip():
     other = Compression.ef_sign()
     other.load_rank_states([{"a": torch.ones(2)}, {"a": 3 * torch.ones(2)}], rank=0, size=3)
     assert other.residuals["a"].tolist() == [2.0, 2.0]  # world size changed: the mean keeps (1/n)Σe
+    ef.momentum["a"] = torch.full((5,), 7.0)
+    restored.load_state_dict(ef.state_dict())
+    assert restored.momentum["a"].tolist() == [7.0] * 5 and "momentum:a" not in restored.residuals
 
 
 def test_ef_sign_aggregate_is_the_mean_of_scaled_signs():
@@ -155,6 +158,35 @@ def test_ef_sign_aggregate_is_the_mean_of_scaled_signs():
     x, y = torch.tensor([1.0, -2.0, 3.0]), torch.tensor([-4.0, -4.0, 4.0])
     (pa, ctx), (pb, _) = a.compress(x), b.compress(y)
     assert torch.allclose(a.decompress(gathered(pa, pb), ctx), torch.tensor([-1.0, -3.0, 3.0]))
+
+
+def test_ef_sign_scales_each_row_of_a_weight_on_its_own():
+    ef = Compression.ef_sign()
+    w = torch.tensor([[1.0, -3.0], [100.0, 300.0], [0.0, -0.5]])  # rows three orders of magnitude apart
+    payload, ctx = ef.compress(w, name="w")
+    assert payload.numel() == 4 * 3 + 1 == wire_bytes("ef-sign", [(3, 2)])
+    assert torch.equal(ef.decompress(payload, ctx), torch.tensor([[2.0, -2.0], [200.0, 200.0], [0.25, -0.25]]))
+    assert torch.equal(ef.residuals["w"], torch.tensor([-1.0, -1.0, -100.0, 100.0, -0.25, -0.25]))
+    bias, _ = ef.compress(torch.randn(7), name="b")
+    assert bias.numel() == 4 + 1  # 1-D tensors: one scale
+
+
+def test_ef_sign_optimizer_sends_the_local_sgd_update_with_momentum_and_weight_decay():
+    from hvdat.compression.optimizer import local_sgd_update
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    group = {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.1, "dampening": 0, "nesterov": False}
+    reference = torch.optim.SGD([torch.nn.Parameter(p.detach().clone())], **group)
+    buffers = {}
+    for grad in (torch.tensor([0.3, 0.4]), torch.tensor([-1.0, 2.0])):
+        p.grad = grad
+        update = local_sgd_update(p, group, buffers, "p")
+        ref = reference.param_groups[0]["params"][0]
+        before = ref.detach().clone()
+        ref.grad = grad.clone()
+        reference.step()
+        assert torch.allclose(update, before - ref.detach())
+        p.data.sub_(update)  # keep p where SGD is, as an uncompressed run would
 
 
 # --- edge cases shared by every packed compressor -----------------------------------------------------------------

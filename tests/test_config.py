@@ -38,6 +38,7 @@ def test_config_rejects_unknown_keys(tmp_path):
     ({"norm": "l1"}, "does not support norm"), ({"epochs": 0}, "--epochs"), ({"batch_size": 0}, "--batch-size"),
     ({"lr_scaling": "cubic"}, "--lr-scaling"), ({"dataset": "cifar10", "data_dir": "/nonexistent"}, "does not exist"),
     ({"dataset": "imagefolder"}, "needs --data-dir"),
+    ({"compression": "ef-sign", "optimizer": "lamb"}, "ef-sign needs --optimizer sgd"),
 ])
 def test_validate_names_the_problem(change, fragment):
     with pytest.raises(UsageError, match=fragment):

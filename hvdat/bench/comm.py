@@ -43,8 +43,10 @@ def finish_rows(rows: List[Dict]) -> List[Dict]:
     none = next((r for r in rows if r["compression"] == "none"), None)
     for row in rows:
         fp32 = row["fp32_bytes"]
-        row["compress_gbps"] = fp32 / row["compress_seconds"] / 1e9 if row["compress_seconds"] else None
-        row["decompress_gbps"] = fp32 / row["decompress_seconds"] / 1e9 if row["decompress_seconds"] else None
+        for stage in ("compress", "decompress"):  # GB of fp32 gradient per second of one core's CPU time (and wall)
+            cpu, wall = row.get(f"{stage}_cpu_seconds"), row[f"{stage}_seconds"]
+            row[f"{stage}_gbps"] = fp32 / cpu / 1e9 if cpu else None
+            row[f"{stage}_wall_gbps"] = fp32 / wall / 1e9 if wall else None
         row["compression_ratio"] = fp32 / row["bytes_per_worker"]
         row["speedup_vs_none"] = none["exchange_seconds"] / row["exchange_seconds"] if none else None
         row["wire_limit_vs_none"] = wire_limit(row, none) if none else None
@@ -89,19 +91,22 @@ def table(rows: List[Dict], arch: str, np: int, rate: Optional[str]) -> Table:
     result = Table(title=f"gradient exchange: {arch} ({params / 1e6:.1f}M parameters), {np} ranks, "
                          f"{rate or 'unshaped loopback'}")
     for column in ("compression", "exchange s/step", "MB/worker", "ratio", "compress s", "decompress s",
-                   "compress GB/s", "decompress GB/s", "speedup vs none", "wire limit"):
+                   "compress GB/s/core (wall)", "decompress GB/s/core (wall)", "speedup vs none", "wire limit"):
         result.add_column(column, justify="left" if column == "compression" else "right")
 
     def x(value: Optional[float]) -> str:
         return "-" if value is None else f"{value:.1f}x"
 
-    def gbps(value: Optional[float]) -> str:
-        return "-" if value is None or value > 1e3 else f"{value:.2f}"  # none's "compress" is a no-op
+    def gbps(row: Dict, stage: str) -> str:
+        cpu, wall = row[f"{stage}_gbps"], row[f"{stage}_wall_gbps"]
+        if cpu is None or wall is None or wall > 1e3:  # none's "compress" is a no-op
+            return "-"
+        return f"{cpu:.2f} ({wall:.2f})"
 
     for row in rows:
         result.add_row(row["compression"], f"{row['exchange_seconds']:.3f}", f"{row['bytes_per_worker'] / 1e6:.2f}",
                        f"{row['compression_ratio']:.1f}x", f"{row['compress_seconds']:.3f}",
-                       f"{row['decompress_seconds']:.3f}", gbps(row["compress_gbps"]),
-                       gbps(row["decompress_gbps"]), x(row["speedup_vs_none"]), x(row["wire_limit_vs_none"]))
+                       f"{row['decompress_seconds']:.3f}", gbps(row, "compress"),
+                       gbps(row, "decompress"), x(row["speedup_vs_none"]), x(row["wire_limit_vs_none"]))
     return result
 

@@ -3,7 +3,8 @@
 For each compressor it wraps a model-shaped set of gradients in hvdat's DistributedOptimizer and, per step, hands
 the gradients over in reverse order (as backward produces them, through the same `_allreduce_grad_async` that the
 hooks call), then `synchronize()`s, which decodes each result while later ones are in flight. Separately, rank 0
-times compress and decompress alone on one core. Rank 0 prints one `@@hvdat` `row` event per compressor.
+times compress and decompress alone on one core, in wall and thread CPU time. Rank 0 prints one `@@hvdat` `row`
+event per compressor.
 """
 
 from __future__ import annotations
@@ -28,20 +29,25 @@ def gradient_shapes(arch: str) -> List[torch.Size]:
 
 
 def time_codec(compressor, grads: List[torch.Tensor], size: int, repeats: int) -> Dict[str, float]:
-    """Median seconds to compress every gradient, and to decompress `size` gathered payloads of each."""
-    compress_s, decompress_s = [], []
+    """Median seconds to compress every gradient, and to decompress `size` gathered payloads of each: wall time,
+    and this thread's CPU time (what one core spent, robust to a shared, loaded machine)."""
+    times: Dict[str, List[float]] = {key: [] for key in ("compress_seconds", "compress_cpu_seconds",
+                                                          "decompress_seconds", "decompress_cpu_seconds")}
+
+    def timed(key: str, work):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        result = work()
+        times[f"{key}_cpu_seconds"].append(time.thread_time() - cpu)
+        times[f"{key}_seconds"].append(time.perf_counter() - wall)
+        return result
+
+    packed_ = getattr(compressor, "packed", False)
     for _ in range(repeats):
-        start = time.perf_counter()
-        packed = [compressor.compress(g, name=str(i)) if getattr(compressor, "packed", False)
-                  else compressor.compress(g) for i, g in enumerate(grads)]
-        compress_s.append(time.perf_counter() - start)
-        gathered = [(torch.cat([payload] * size) if getattr(compressor, "packed", False) else payload, ctx)
-                    for payload, ctx in packed]
-        start = time.perf_counter()
-        for payload, ctx in gathered:
-            compressor.decompress(payload, ctx)
-        decompress_s.append(time.perf_counter() - start)
-    return {"compress_seconds": statistics.median(compress_s), "decompress_seconds": statistics.median(decompress_s)}
+        packed = timed("compress", lambda: [compressor.compress(g, name=str(i)) if packed_ else compressor.compress(g)
+                                            for i, g in enumerate(grads)])
+        gathered = [(torch.cat([payload] * size) if packed_ else payload, ctx) for payload, ctx in packed]
+        timed("decompress", lambda: [compressor.decompress(payload, ctx) for payload, ctx in gathered])
+    return {key: statistics.median(values) for key, values in times.items()}
 
 
 def bench(settings: Dict) -> None:
@@ -80,7 +86,7 @@ def bench(settings: Dict) -> None:
         if rank == 0:
             codec = time_codec(COMPRESSORS.get(name).build(rank), grads, size, settings["codec_repeats"])
             events.emit("row", compression=name, exchange_seconds=exchange,
-                        bytes_per_worker=wire_bytes(name, numels), fp32_bytes=fp32, world_size=size,
+                        bytes_per_worker=wire_bytes(name, shapes), fp32_bytes=fp32, world_size=size,
                         parameters=sum(numels), tensors=len(numels), **codec)
         hvd.barrier()
 

@@ -9,9 +9,17 @@ that travel through `hvd.allgather` (see `optimizer.py`). Horovod is imported on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from math import prod
+from typing import Any, Callable, Iterable, Optional, Sequence, Union
 
 from ..registry import Registry
+
+
+Shape = Union[int, Sequence[int]]  # a bare int is a 1-D tensor of that many elements
+
+
+def numel(shape: Shape) -> int:
+    return shape if isinstance(shape, int) else prod(shape)
 
 
 @dataclass(frozen=True)
@@ -20,7 +28,7 @@ class CompressorSpec:
     build: Callable[[Optional[int]], Any]  # seed -> a fresh compressor (seed the per-rank RNG; ignored if unused)
     bits_per_element: float  # what one fp32 gradient element costs on the wire
     doc: str
-    wire_bytes: Callable[[int], int]  # exact payload bytes per worker for a tensor of that many fp32 elements
+    wire_bytes: Callable[[Shape], int]  # exact payload bytes per worker for an fp32 tensor of that shape
 
 
 COMPRESSORS: Registry[CompressorSpec] = Registry("compression")
@@ -44,27 +52,34 @@ def _ours(module: str, cls: str) -> Callable[[Optional[int]], Any]:
     return build
 
 
-def _sign_bytes(numel: int) -> int:
-    return 4 + (numel + 7) // 8
+def _sign_bytes(shape: Shape) -> int:
+    return 4 + (numel(shape) + 7) // 8
+
+
+def _ef_sign_bytes(shape: Shape) -> int:
+    from .ef_sign import wire_bytes as ef_wire_bytes  # numpy/torch only, no Horovod
+
+    return ef_wire_bytes(shape)
 
 
 COMPRESSORS.add("none", CompressorSpec("none", _horovod("none"), 32, "fp32 allreduce (Horovod's own)",
-                                       lambda n: 4 * n))
+                                       lambda shape: 4 * numel(shape)))
 COMPRESSORS.add("fp16", CompressorSpec("fp16", _horovod("fp16"), 16, "fp16 allreduce (Horovod's own)",
-                                       lambda n: 2 * n))
+                                       lambda shape: 2 * numel(shape)))
 COMPRESSORS.add("sign", CompressorSpec("sign", _ours("sign", "SignCompressor"), 1,
                                        "signSGD with majority vote, 1 bit/element (allgather)", _sign_bytes))
 COMPRESSORS.add("ef-sign", CompressorSpec("ef-sign", _ours("ef_sign", "EFSignCompressor"), 1,
-                                          "scaled sign with error feedback, 1 bit/element (allgather)", _sign_bytes))
+                                          "blockwise scaled sign of the local momentum update with error feedback, "
+                                          "1 bit/element + one fp32 scale per row (allgather)", _ef_sign_bytes))
 COMPRESSORS.add("natural", CompressorSpec("natural", _ours("natural", "NaturalCompressor"), 8,
                                           "natural compression, unbiased power-of-two rounding, 8 bits/element "
-                                          "(allgather)", lambda n: 1 + n))
+                                          "(allgather)", lambda shape: 1 + numel(shape)))
 
 
-def wire_bytes(name: str, numels: Iterable[int]) -> int:
-    """Exact bytes one worker hands to Horovod per step for fp32 gradients of these sizes."""
+def wire_bytes(name: str, shapes: Iterable[Shape]) -> int:
+    """Exact bytes one worker hands to Horovod per step for fp32 gradients of these shapes (or 1-D sizes)."""
     spec = COMPRESSORS.get(name)
-    return sum(spec.wire_bytes(int(n)) for n in numels)
+    return sum(spec.wire_bytes(shape if isinstance(shape, int) else tuple(shape)) for shape in shapes)
 
 
 def __getattr__(name: str) -> Any:  # lazy: these import Horovod

@@ -95,7 +95,7 @@ class NaturalCompressor:
         np.subtract(exponent, base, out=exponent)
         np.clip(exponent, 0, top - base, out=exponent)  # below the window: 0; above: saturate at the top
         codes = exponent.astype(np.uint8)
-        codes |= values.view(np.uint8)[3::4] & 0x80  # the sign bit (little-endian float32)
+        codes |= np.left_shift(np.signbit(values).view(np.uint8), 7)  # the sign bit (bytewise, not strided)
         if nonfinite.size:
             special = values[nonfinite]
             codes[nonfinite] = np.where(np.isnan(special), NAN_CODE,

@@ -26,7 +26,7 @@ def l1_scale(values: np.ndarray) -> np.float32:
     """‖x‖₁ / d in float32 (0 for an empty tensor)."""
     if values.size == 0:
         return np.float32(0.0)
-    return np.float32(torch.linalg.vector_norm(torch.from_numpy(values), 1).item() / values.size)
+    return np.float32(np.add.reduce(np.abs(values)) / values.size)  # numpy's pairwise float32 sum: accurate, fast
 
 
 def encode_signs(values: np.ndarray, scale: np.float32) -> torch.Tensor:
