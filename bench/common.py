@@ -4,9 +4,10 @@ Every bench is `python bench/NAME.py [--data-dir DIR] [--out DIR] [--smoke]`: it
 subprocess per run), evaluates the run directories, writes `OUT/NAME.json` and `OUT/NAME.png`, and prints a
 Markdown table. `--smoke` shrinks everything (a tiny subset, 1 epoch) so the test suite can run every bench.
 
-Evaluation goes through `hvdat eval RUN --attack pgd|autoattack ... --json` when this checkout has that command;
-otherwise through the same attacks in-process (PGD with restarts from hvdat.attacks.pgd, AutoAttack from
-pyautoattack), on the first N test images in either case.
+Evaluation runs in-process by default (PGD with restarts from hvdat.attacks.pgd, AutoAttack from pyautoattack) on
+a fixed random subset of N images (seed 0) of the run's test split. Not the first N: an ImageFolder test split is
+sorted by class, so its first 500 CIFAR-10 images hold five classes only. `HVDAT_BENCH_EVAL=cli` sends evaluation
+through `hvdat eval RUN --attack pgd|autoattack ... --json` instead, which attacks the first N test images.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def evaluate(run_dir: Path, attack: str, n: int, steps: int = 20, restarts: int 
     """Clean and robust accuracy of run_dir's last checkpoint on the first n test images. `aa_attacks`:
     `standard` (the full AutoAttack) or a comma-separated subset such as `apgd-ce,apgd-t` (in-process)."""
     start = time.perf_counter()
-    if _has_eval() and (attack == "pgd" or aa_attacks == "standard"):
+    if os.environ.get("HVDAT_BENCH_EVAL") == "cli" and _has_eval() and (attack == "pgd" or aa_attacks == "standard"):
         args = ["eval", run_dir, "--attack", attack, "--eps", eps, "--n-examples", n, "--json"]
         if attack == "pgd":
             args += ["--steps", steps, "--restarts", restarts]
@@ -107,7 +108,8 @@ def _evaluate_in_process(run_dir: Path, attack: str, n: int, steps: int, restart
     model.load_state_dict(state["model"])
     model.eval()
     n = min(n, len(splits.test))
-    x, y = splits.test.images[:n].float() / 255, splits.test.labels[:n]
+    index = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:n]
+    x, y = splits.test.images[index].float() / 255, splits.test.labels[index]
     eps_value = parse_eps(eps)
     with torch.no_grad():
         clean = model(x).argmax(1) == y

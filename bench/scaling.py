@@ -38,7 +38,7 @@ def main() -> None:
         ev = common.evaluate(run, "pgd", args.n_eval, steps=20)
         final = summary["final"]
         ips = sum(e["images_per_sec"] for e in summary["epochs"]) / len(summary["epochs"])
-        rows.append({"setup": name, "workers": np, "global_batch": final["global_batch"], "peak_lr": final["lr"],
+        rows.append({"setup": name, "workers": np, "global_batch": final["global_batch"], "final_lr": final["lr"],
                      "images_per_s": ips, "clean_acc": ev["clean_acc"], "pgd20_acc": ev["robust_acc"],
                      "train_wall_s": summary["wall_seconds"], "command": summary["command"]})
     base = rows[0]["images_per_s"]

@@ -62,11 +62,14 @@ def main() -> None:
     pseudo = json.loads(label.stdout)
     pseudo_accuracy = pseudo_label_accuracy(Path(args.data_dir), args.labeled, extra)
     rows = []
-    for name, more in (("AT on labeled only", []),
-                       ("AT on labeled + pseudo-labelled", ["--extra-data", extra, "--extra-fraction",
-                                                            args.extra_fraction])):
-        run = args.out / "runs" / ("unlabeled-" + ("plus" if more else "alone"))
-        summary = common.train(run, *data, "--attack", args.attack, "--epochs", args.epochs, "--batch-size",
+    matched = round(args.epochs / (1 - args.extra_fraction))  # the labeled-only epochs with the same steps
+    for key, name, epochs, more in (
+            ("alone", "AT on labeled only", args.epochs, []),
+            ("alone-matched", f"AT on labeled only, {matched} epochs (same steps)", matched, []),
+            ("plus", "AT on labeled + pseudo-labelled", args.epochs,
+             ["--extra-data", extra, "--extra-fraction", args.extra_fraction])):
+        run = args.out / "runs" / f"unlabeled-{key}"
+        summary = common.train(run, *data, "--attack", args.attack, "--epochs", epochs, "--batch-size",
                                args.batch_size, "--eval-samples", 0, *more)
         ev = common.evaluate(run, "pgd", args.n_eval, steps=20)
         rows.append({"setup": name, "clean_acc": ev["clean_acc"], "pgd20_acc": ev["robust_acc"],
