@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -256,6 +255,68 @@ def bench_comm(
 
     run_bench(arch=arch, np=np, compressions=parse_compressions(compression), bandwidth=bandwidth, steps=steps,
               warmup=warmup, launcher=launcher, as_json=as_json, out=out, err=err)
+@app.command("eval")
+def eval_command(
+    target: Annotated[Path, typer.Argument(help="A run directory (uses best.pt, else last.pt) or a checkpoint.")],
+    attack: Annotated[str, typer.Option(help=opt.EVAL_ATTACK_HELP, rich_help_panel=opt.ATTACK)] = "autoattack",
+    version: Annotated[str, typer.Option(help="AutoAttack version: standard, plus or rand.",
+                                         rich_help_panel=opt.ATTACK)] = "standard",
+    eps: Annotated[str, typer.Option(help="Budget in [0,1] pixels: 8/255, or a sweep 1/255,2/255,4/255,8/255.",
+                                     rich_help_panel=opt.ATTACK)] = "8/255",
+    norm: Annotated[str, typer.Option(help="Threat model: linf, l2 or l1.", rich_help_panel=opt.ATTACK)] = "linf",
+    steps: Annotated[Optional[int], typer.Option(help="Iterations (default: the attack's reference value; "
+                                                      "any change is reported).", rich_help_panel=opt.ATTACK)]
+    = None,
+    restarts: Annotated[Optional[int], typer.Option(help="Restarts (default: the reference value).",
+                                                    rich_help_panel=opt.ATTACK)] = None,
+    n_examples: Annotated[Optional[int], typer.Option(help="Evaluate the first N test images (default: 1000, "
+                                                           "or all if fewer).", rich_help_panel=opt.DATA)] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per chunk; chunks are the unit of work and of "
+                                                 "reproducibility.", rich_help_panel=opt.DATA)] = 50,
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset (default: the run's own).",
+                                                   rich_help_panel=opt.DATA)] = None,
+    data_dir: opt.DataDir = None,
+    np: opt.Np = 1,
+    hosts: opt.Hosts = None,
+    hostfile: opt.Hostfile = None,
+    launcher: opt.Launcher = "gloo",
+    ssh_port: opt.SshPort = None,
+    ssh_identity_file: opt.SshIdentity = None,
+    network_interfaces: opt.NetworkInterfaces = None,
+    mpi_args: opt.MpiArgs = None,
+    dry_run: opt.DryRun = False,
+    threads: Annotated[int, typer.Option(help="Torch threads per worker (0: cores / workers per host).",
+                                         rich_help_panel=opt.CLUSTER)] = 0,
+    seed: opt.Seed = 0,
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="The JSON report (default: "
+                                                     "RUN/eval/ATTACK-NORM.json).", rich_help_panel=opt.OUTPUT)]
+    = None,
+    as_json: opt.Json = False,
+) -> None:
+    """Evaluate robustness with AutoAttack, PGD, CW, FGSM, ... sharded over Horovod ranks."""
+    from .eval_run import prepare, run_eval
+    from .launch import LaunchSpec
+
+    config = prepare(target, attack=attack, version=version, eps=eps, norm=norm, steps=steps, restarts=restarts,
+                     n_examples=n_examples, batch_size=batch_size, dataset=dataset, data_dir=data_dir, seed=seed,
+                     threads=threads, out_path=out_path, np=np)
+    spec = LaunchSpec(np=np, hosts=hosts, hostfile=str(hostfile) if hostfile else None, launcher=launcher,
+                      ssh_port=ssh_port, ssh_identity_file=str(ssh_identity_file) if ssh_identity_file else None,
+                      network_interfaces=network_interfaces, mpi_args=mpi_args)
+    run_eval(config, spec, dry_run=dry_run, as_json=as_json, out=out, err=err)
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by `hvdat train` (and `hvdat eval`).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where the PNGs go (default: RUN_DIR/plots).")]
+    = None,
+) -> None:
+    """Plot training curves (metrics.jsonl) and robust accuracy against eps (eval reports) as PNGs."""
+    from .report import write_plots
+
+    for path in write_plots(run_dir, out_dir):
+        out.print(str(path), highlight=False)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -7,7 +7,6 @@ verdict per requested setup, each with the command that fixes it. Runs nothing o
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import socket
 import subprocess

@@ -10,18 +10,15 @@ get a HorovodInternalError, roll back to the last commit, re-form without it, an
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import sys
-import traceback
-from pathlib import Path
 from typing import List, Optional
 
 from . import events
 from .config import TrainConfig
 from .schedule import scale_factor
 from .worker import Context, Trainer
+from .worker_main import worker_main
 
 log = logging.getLogger("hvdat.elastic_worker")
 POSITION = ("epoch", "batch", "step", "partial", "best")  # Trainer attributes that travel in the elastic state
@@ -93,18 +90,7 @@ def train(cfg: TrainConfig) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hvdat.elastic_worker", description=__doc__)
-    parser.add_argument("--config", required=True, type=Path, help="config.json written by `hvdat train`")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HVDAT_LOG", "WARNING"), format="%(name)s: %(message)s")
-    try:
-        train(TrainConfig.load(args.config))
-    except Exception as exc:
-        rank = os.environ.get("HOROVOD_RANK", "0")
-        events.emit("error", rank=int(rank), message=f"{type(exc).__name__}: {exc}")
-        traceback.print_exc()
-        return 1
-    return 0
+    return worker_main(lambda path: train(TrainConfig.load(path)), "python -m hvdat.elastic_worker", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,11 @@ OPTIMIZER_HELP = f"Optimizer: {_names(OPTIMIZERS)}."
 SCHEDULE_HELP = f"LR schedule after warm-up: {_names(SCHEDULES)}."
 COMPRESSION_HELP = "Gradient compression: " + "; ".join(
     f"{name}: {COMPRESSORS.get(name).doc}" for name in COMPRESSORS.names())
+
+def _eval_attack_help() -> str:
+    from .eval_attacks import EVAL_ATTACKS
+
+    return "Evaluation attack: " + "; ".join(f"{n}: {EVAL_ATTACKS.get(n).doc}" for n in EVAL_ATTACKS.names())
+
+
+EVAL_ATTACK_HELP = _eval_attack_help()

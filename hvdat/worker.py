@@ -7,19 +7,16 @@ broadcast the state, then log and checkpoint on rank 0 only.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
 import sys
 import time
-import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
 from . import __version__, checkpoint, events
 from .attacks import ATTACKS, pgd
@@ -33,6 +30,7 @@ from .models import build_model
 from .optim import build_optimizer
 from .schedule import lr_at, scale_factor
 from .stop import StopSignal
+from .worker_main import worker_main
 
 log = logging.getLogger("hvdat.worker")
 METRICS = "metrics.jsonl"
@@ -159,6 +157,7 @@ class Trainer:
         # per-rank compressor state (natural's RNG, ef-sign's residuals); residuals are restored on resume
         self.compressor = COMPRESSORS.get(cfg.compression).build(seed_for(cfg.seed, self.rank, 3))
         self.compression_ranks: List[Dict] = []
+        self.rank_buffers: List[Dict] = []  # each rank's BN statistics, kept only in mid-epoch checkpoints
         # wrap first: DistributedOptimizer builds a new optimizer from the param groups, dropping loaded state
         self.optimizer = distributed_optimizer(hvd, self.optimizer, self.model, self.compressor)
         if cfg.resume:
@@ -168,7 +167,7 @@ class Trainer:
                 state = hvd.broadcast_object(state, root_rank=0, name="resume")
             if state is not None:
                 self.load_state_dict(state)
-        if self.sync_at_init:
+        if self.sync_at_init and not cfg.resume:  # a resumed state already came from rank 0 (with per-rank BN)
             hvd.broadcast_parameters(self.model.state_dict(), root_rank=0)
         numels = [p.numel() for p in self.model.parameters() if p.requires_grad]
         self.fp32_bytes_per_step = 4 * sum(numels)
@@ -201,7 +200,7 @@ class Trainer:
                 "best_robust_acc": self.best, "arch": self.cfg.arch,
                 "dataset": self.cfg.dataset, "num_classes": self.splits.num_classes,
                 "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__,
-                "compression_ranks": self.compression_ranks,
+                "compression_ranks": self.compression_ranks, "rank_buffers": self.rank_buffers,
                 "attack": {"name": self.attack_name, "params": dict(self.params.__dict__)} if hasattr(
                     self, "attack_name") else None,
                 "co_guard": self.guard.state_dict() if getattr(self, "guard", None) else None,
@@ -221,6 +220,12 @@ class Trainer:
             self.guard.load_state_dict(self._guard_state)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        rank_buffers = state.get("rank_buffers") or []
+        if len(rank_buffers) == self.size:  # mid-epoch: BN statistics are per rank until the epoch's average
+            own = rank_buffers[self.rank]
+            for name, buffer in self.model.named_buffers():
+                if name in own:
+                    buffer.copy_(own[name])
 
     def gather_compression_state(self) -> None:
         """Collective (every rank calls it): collect each rank's compressor state (EF residuals) for the
@@ -341,6 +346,8 @@ class Trainer:
         """After a graceful stop mid-epoch (every rank calls it): rank 0 checkpoints the position, tells the
         launcher."""
         self.gather_compression_state()
+        mine = {name: b.detach().cpu() for name, b in self.model.named_buffers() if b.is_floating_point()}
+        self.rank_buffers = self.hvd.allgather_object(mine, name="rank_buffers") if self.size > 1 else []
         if self.rank != 0:
             return
         self.save(improved=False)
@@ -370,18 +377,7 @@ def train(cfg: TrainConfig) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hvdat.worker", description=__doc__)
-    parser.add_argument("--config", required=True, type=Path, help="config.json written by `hvdat train`")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("HVDAT_LOG", "WARNING"), format="%(name)s: %(message)s")
-    try:
-        train(TrainConfig.load(args.config))
-    except Exception as exc:  # report which rank failed and why, for the launcher's summary
-        rank = os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-        events.emit("error", rank=int(rank), message=f"{type(exc).__name__}: {exc}")
-        traceback.print_exc()
-        return 1
-    return 0
+    return worker_main(lambda path: train(TrainConfig.load(path)), "python -m hvdat.worker", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,20 @@ def test_normalisation_is_inside_the_model():
     model = build_model("small-cnn", 10, (1, 16, 16), (0.3,), (0.4,))
     assert torch.allclose(model.mean.flatten(), torch.tensor([0.3]))
     assert torch.allclose(model.std.flatten(), torch.tensor([0.4]))
+
+
+def test_large_image_folders_stream_with_imagenet_transforms(tmp_path):
+    """ImageNet-sized folders are not decoded into memory: they stream with crop/resize transforms."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for label in ("n01", "n02"):
+            folder = tmp_path / split / label
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (300, 260), (40 * i, 100, 200)).save(folder / f"{i}.jpg")
+    splits = load_splits("imagenet", str(tmp_path))
+    assert splits.num_classes == 2 and splits.shape == (3, 224, 224)
+    x, y = splits.train[0]
+    assert x.shape == (3, 224, 224) and 0 <= x.min() and x.max() <= 1
+    assert splits.test[5][0].shape == (3, 224, 224)

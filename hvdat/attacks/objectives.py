@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Optional, Tuple
+from typing import Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F

@@ -8,19 +8,16 @@ times compress and decompress alone on one core. Rank 0 prints one `@@hvdat` `ro
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import statistics
 import sys
 import time
-import traceback
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
 
 from .. import events
+from ..worker_main import worker_main
 
 
 def gradient_shapes(arch: str) -> List[torch.Size]:
@@ -89,17 +86,7 @@ def bench(settings: Dict) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hvdat.bench.comm_worker", description=__doc__)
-    parser.add_argument("--config", required=True, type=Path)
-    args = parser.parse_args(argv)
-    try:
-        bench(json.loads(args.config.read_text()))
-    except Exception as exc:
-        rank = os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-        events.emit("error", rank=int(rank), message=f"{type(exc).__name__}: {exc}")
-        traceback.print_exc()
-        return 1
-    return 0
+    return worker_main(lambda path: bench(json.loads(path.read_text())), "python -m hvdat.bench.comm_worker", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,22 @@
+# The README's two commands: `make demo` and `make test`. Both install first (bin/install is idempotent).
+PY := .venv/bin/python
+HVDAT := .venv/bin/hvdat
+DEMO_OUT := runs/demo
+# PGD-AT on the embedded digits data, then standard AutoAttack on 50 test digits: a few minutes on 2 cores.
+DEMO_TRAIN := --np 2 --dataset digits --arch small-cnn --attack pgd --eps 0.1 --steps 5 --epochs 6 \
+              --batch-size 32 --lr 0.4 --eval-samples 360
+
+.PHONY: install demo test bench
+install:
+	bin/install
+
+demo: install
+	$(HVDAT) train $(DEMO_TRAIN) --out $(DEMO_OUT) --overwrite
+	$(HVDAT) eval $(DEMO_OUT) --attack autoattack --eps 0.1 --n-examples 50 --batch-size 25 --np 2
+	$(HVDAT) report $(DEMO_OUT)
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) bench/train_step.py

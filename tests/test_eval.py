@@ -1,0 +1,229 @@
+"""`hvdat eval` and `hvdat report`: real checkpoints, real digits, real horovodrun jobs, the reference AutoAttack."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, run_hvdat
+
+EPS_SLACK = 1e-5  # float32 rounding of x + delta
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory) -> Path:
+    """An undefended small CNN on digits (natural training): accurate, and not robust at all."""
+    out = tmp_path_factory.mktemp("plain") / "run"
+    run_hvdat("train", "--dataset", "digits", "--attack", "none", "--eval-samples", "32", "--eval-steps", "2",
+              "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--out", out, check=True)
+    return out
+
+
+def _constant_checkpoint(path: Path, constant_class: int = 3) -> Path:
+    """A small-cnn whose output does not depend on its input: zero head weights, a fixed bias."""
+    from hvdat.data import load_splits
+    from hvdat.models import build_model
+
+    splits = load_splits("digits", None, train_samples=1)
+    model = build_model("small-cnn", splits.num_classes, splits.shape, splits.mean, splits.std)
+    head = model.net[-1]
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.arange(10, dtype=torch.float32) == constant_class)
+    torch.save({"model": model.state_dict(), "arch": "small-cnn", "dataset": "digits", "num_classes": 10,
+                "shape": list(splits.shape), "config": {"dataset": "digits", "data_dir": None}}, path)
+    return path
+
+
+def _eval(target, *args, timeout=600) -> dict:
+    proc = run_hvdat("eval", target, "--threads", "1", "--json", *args, timeout=timeout, check=True)
+    return json.loads(proc.stdout)
+
+
+def _file(report_stdout: dict, out: Path) -> dict:
+    return json.loads(Path(out).read_text())
+
+
+DOCUMENTED = {"clean_accuracy": float, "robust_accuracy": float, "stages": dict, "n_examples": int, "eps": float,
+              "norm": str, "seconds": float, "max_perturbation": float, "perturbation_ok": bool, "sanity": dict,
+              "departures": list, "settings": dict, "sweep": list, "attack": str, "world_size": int}
+
+
+def check_report(report: dict, eps: float) -> None:
+    """The documented keys with their types, and the invariants any honest report satisfies."""
+    for key, kind in DOCUMENTED.items():
+        assert isinstance(report[key], kind), (key, report.get(key))
+    assert 0 <= report["robust_accuracy"] <= report["clean_accuracy"] <= 1
+    accs = list(report["stages"].values())
+    assert accs == sorted(accs, reverse=True), "robust accuracy can only fall along the cascade"
+    assert report["robust_accuracy"] == (accs[-1] if accs else report["clean_accuracy"])
+    assert report["max_perturbation"] <= eps * (1 + EPS_SLACK) and report["perturbation_ok"]
+    if report["pixel_range"] is not None:
+        assert 0.0 <= report["pixel_range"][0] <= report["pixel_range"][1] <= 1.0
+    for flag in report["sanity"].values():
+        assert set(flag) == {"raised", "detail"}
+    assert not report["sanity"]["nan"]["raised"] and not report["sanity"]["over_eps"]["raised"]
+
+
+def test_undefended_model_has_no_robustness_under_pgd_and_autoattack(plain_run, tmp_path):
+    pgd = _eval(plain_run, "--attack", "pgd", "--eps", "0.3", "--n-examples", "64", "--out", tmp_path / "pgd.json")
+    check_report(pgd, 0.3)
+    assert pgd["clean_accuracy"] > 0.8 and pgd["robust_accuracy"] <= 0.05
+    assert list(pgd["stages"]) == ["pgd"] and pgd["settings"]["pgd"]["steps"] == 20
+
+    aa = _eval(plain_run, "--eps", "0.3", "--n-examples", "32", "--batch-size", "16", "--out", tmp_path / "aa.json")
+    check_report(aa, 0.3)
+    assert aa["clean_accuracy"] > 0.8 and aa["robust_accuracy"] <= 0.05
+    # the reference's standard version, untouched
+    assert list(aa["stages"]) == ["apgd-ce", "apgd-t", "fab-t", "square"] and aa["departures"] == []
+    assert aa["settings"]["apgd-ce"] == {"steps": 100, "restarts": 1, "targets": None}
+    assert aa["settings"]["apgd-t"]["targets"] == 9 and aa["settings"]["square"]["steps"] == 5000
+    full = json.loads((tmp_path / "aa.json").read_text())
+    assert full["examples"]["index"] == list(range(32)) and len(full["examples"]["by_eps"][0]["broken_by"]) == 32
+
+
+def test_constant_model_is_exactly_as_robust_as_it_is_accurate(tmp_path):
+    ckpt = _constant_checkpoint(tmp_path / "constant.pt")
+    for attack in ("pgd", "autoattack"):
+        report = _eval(ckpt, "--attack", attack, "--eps", "0.5", "--n-examples", "40", "--batch-size", "20",
+                       "--out", tmp_path / f"{attack}.json")
+        check_report(report, 0.5)
+        assert 0 < report["clean_accuracy"] < 0.5  # one class only
+        assert report["robust_accuracy"] == report["clean_accuracy"], attack
+        assert report["max_perturbation"] == 0.0  # nothing was ever misclassified
+
+
+def test_np2_through_horovodrun_gives_the_per_example_result_of_np1(plain_run, tmp_path):
+    args = ["--eps", "0.05", "--n-examples", "16", "--batch-size", "8"]  # all four stages find work here
+    one = _eval(plain_run, *args, "--np", "1", "--out", tmp_path / "np1.json")
+    two = _eval(plain_run, *args, "--np", "2", "--out", tmp_path / "np2.json")
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    a, b = (json.loads((tmp_path / f"np{n}.json").read_text()) for n in (1, 2))
+    assert a["examples"] == b["examples"]  # same broken_by stage, adversarial label and perturbation per example
+    assert a["stages"] == b["stages"] and a["robust_accuracy"] == b["robust_accuracy"]
+    assert len({s for s in a["examples"]["by_eps"][0]["broken_by"]}) >= 2, "the test should exercise the cascade"
+
+
+def test_a_killed_evaluation_resumes_from_its_state_file(plain_run, tmp_path):
+    out = tmp_path / "pgd.json"
+    args = ["--attack", "pgd", "--eps", "0.1", "--n-examples", "48", "--batch-size", "16", "--out", out]
+    first = _file(_eval(plain_run, *args), out)
+    work = tmp_path / "pgd.work"
+    assert not (work / "state").exists(), "a finished evaluation removes its state"
+    # Leave the state a run killed after its first chunk would leave, with a marker a recomputation cannot produce
+    fingerprint = json.loads((work / "config.json").read_text())["fingerprint"]
+    chunk0 = {"chunk": 0, "indices": list(range(16)), "labels": first["examples"]["label"][:16],
+              "clean_pred": first["examples"]["label"][:16], "randomized": False, "seconds": 1.0,
+              "per_eps": [{"broken_by": [0] * 16, "adv_pred": [(y + 1) % 10 for y in first["examples"]["label"][:16]],
+                           "perturbation": [0.05] * 16, "pixel_min": 0.0, "pixel_max": 1.0, "rejected": 0, "nan": 0,
+                           "curve": {}}]}
+    (work / "state").mkdir()
+    (work / "state" / "rank-0.jsonl").write_text(json.dumps({"fingerprint": fingerprint}) + "\n"
+                                                 + json.dumps(chunk0) + "\n")
+    resumed = _file(_eval(plain_run, *args, "--np", "2"), out)
+    assert resumed["resumed_chunks"] == 1
+    assert resumed["examples"]["by_eps"][0]["broken_by"][:16] == ["pgd"] * 16  # taken from the state, not redone
+    for key in ("broken_by", "adv_pred", "perturbation"):
+        assert resumed["examples"]["by_eps"][0][key][16:] == first["examples"]["by_eps"][0][key][16:]
+
+
+def test_faithful_to_the_reference_autoattack_on_a_chunk(plain_run):
+    """Our cascade on one chunk flags exactly the points the reference run_standard_evaluation leaves robust."""
+    from pyautoattack import AutoAttack
+
+    from hvdat import checkpoint
+    from hvdat.data import load_splits
+    from hvdat.eval_attacks import StageRunner, make_plan
+    from hvdat.eval_worker import examples, load_model
+    from hvdat.evaluate import evaluate_chunk
+
+    torch.set_num_threads(1)
+    model = load_model(checkpoint.load(plain_run / "best.pt"), torch.device("cpu"))
+    x, y = examples(load_splits("digits", None, 1).test, 100, 116, torch.device("cpu"))
+    eps, seed = 0.05, 7
+    plan = make_plan("autoattack", "standard", "linf", 10)
+    _, (ours,), _ = evaluate_chunk(model, x, y, plan, [StageRunner(model, plan, eps, seed, torch.device("cpu"))], 0)
+    reference = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed)
+    x_adv, _ = reference.run_standard_evaluation(x, y, batch_size=len(x))
+    with torch.no_grad():
+        reference_robust = (model(x_adv).argmax(1) == y).tolist()
+    assert [b == len(plan.stages) for b in ours.broken_by] == reference_robust
+    assert 0 < sum(reference_robust) < len(y), "pick eps so that the comparison is not trivial"
+
+
+def test_square_beating_the_white_box_attacks_is_flagged(plain_run):
+    """Masked gradients (a quantising input layer) stop APGD; Square still succeeds, and that must be flagged."""
+    from hvdat import checkpoint
+    from hvdat.data import load_splits
+    from hvdat.eval_attacks import StageRunner, make_plan
+    from hvdat.eval_worker import examples, load_model
+    from hvdat.evaluate import ChunkResult, evaluate_chunk, summarise
+
+    class Quantised(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(torch.round(x * 2) / 2)  # zero gradient almost everywhere
+
+    torch.set_num_threads(1)
+    model = Quantised(load_model(checkpoint.load(plain_run / "best.pt"), torch.device("cpu"))).eval()
+    x, y = examples(load_splits("digits", None, 1).test, 0, 16, torch.device("cpu"))
+    plan = make_plan("autoattack", "standard", "linf", 10, steps=5)
+    assert any("5 steps instead of the reference 100" in d for d in plan.departures)
+    runner = StageRunner(model, plan, 0.5, 0, torch.device("cpu"))
+    clean, per_eps, randomized = evaluate_chunk(model, x, y, plan, [runner], 0)
+    summary = summarise([ChunkResult(0, list(range(16)), y.tolist(), clean, per_eps, randomized)], plan, [0.5])
+    entry = summary["sweep"][0]
+    assert entry["stages"]["square"] < entry["stages"]["fab-t"]
+    assert entry["sanity"]["square_beats_whitebox"]["raised"]
+
+
+def test_plan_reports_every_departure_and_rejects_impossible_norms():
+    from hvdat.errors import UsageError
+    from hvdat.eval_attacks import EVAL_ATTACKS, make_plan
+
+    plan = make_plan("autoattack", "standard", "linf", num_classes=5)
+    assert plan.settings["apgd-t"].targets == 4 and plan.settings["fab-t"].targets == 4
+    assert len(plan.departures) == 2 and all("only 5 classes" in d for d in plan.departures)
+    plan = make_plan("autoattack", "standard", "linf", 10, restarts=3)
+    assert len(plan.departures) == 4
+    assert make_plan("autoattack", "standard", "l1", 10).settings["apgd-t"].targets == 5  # the reference's L1 value
+    assert make_plan("autoattack", "plus", "linf", 10).stages[:3] == ("apgd-ce", "apgd-dlr", "fab")
+    for name in EVAL_ATTACKS.names():
+        for norm in EVAL_ATTACKS.get(name).norms():
+            make_plan(name, "standard", norm, 10)
+    with pytest.raises(UsageError, match="does not support norm 'l1'"):
+        make_plan("pgd", "standard", "l1", 10)
+
+
+def test_report_plots_training_curves_and_robust_accuracy_against_eps(trained_run, tmp_path):
+    run_hvdat("eval", trained_run, "--attack", "fgsm", "--eps", "1/255,0.05,0.1", "--n-examples", "64",
+              "--threads", "1", check=True)
+    report = json.loads((trained_run / "eval" / "fgsm-linf.json").read_text())
+    assert [e["eps"] for e in report["sweep"]] == [1 / 255, 0.05, 0.1] and report["eps"] == 0.1
+    proc = run_hvdat("report", trained_run, check=True)
+    for name in ("training.png", "robust_vs_eps.png"):
+        png = trained_run / "plots" / name
+        assert name in proc.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+
+def test_bad_input_is_one_clear_line(plain_run, tmp_path):
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    cases = [
+        ((tmp_path / "missing",), "no run directory or checkpoint"),
+        ((foreign,), "not an hvdat checkpoint"),
+        ((plain_run, "--eps", "8/0"), "invalid eps"),
+        ((plain_run, "--eps", "eight"), "invalid eps"),
+        ((plain_run, "--attack", "pgd", "--norm", "l1"), "does not support norm 'l1'"),
+        ((plain_run, "--n-examples", "1000"), "more than the 360 test images"),
+        ((plain_run, "--attack", "deepfool"), "unknown eval attack"),
+    ]
+    for args, fragment in cases:
+        assert_one_line_error(run_hvdat("eval", *args), fragment)
+    assert_one_line_error(run_hvdat("report", tmp_path), "holds neither")
