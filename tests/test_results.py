@@ -105,3 +105,12 @@ def test_bench_smoke(bench, tmp_path, cifar_dir):
     payload = json.loads((tmp_path / f"{bench}.json").read_text())
     assert payload["bench"] == bench and payload["machine_at_end"]["cpu_count"]
     assert (tmp_path / f"{bench}.png").stat().st_size > 1000
+
+
+def test_compile_trains_and_checkpoints_the_plain_model(tmp_path):
+    run_hvdat("train", "--dataset", "digits", "--eps", "0.1", "--attack", "fgsm-rs", "--epochs", "1",
+              "--train-samples", "128", "--eval-samples", "16", "--eval-steps", "1", "--batch-size", "64", "--compile",
+              "--out", tmp_path / "run", check=True)
+    assert np.isfinite(read_metrics(tmp_path / "run")[-1]["train_loss"])
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert not any(key.startswith("_orig_mod") for key in state["model"])  # loadable without torch.compile
