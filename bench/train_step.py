@@ -4,7 +4,11 @@ Both train the same model (hvdat's registry) on the same in-memory batches with 
 L-inf at 8/255. hvdat runs as a user runs it (`hvdat train --np 1`, train-only images/s from metrics.jsonl); the
 baseline is the textbook loop below. Runs alternate and the medians are compared, since this machine is shared.
 
-    python bench/train_step.py [--arch small-cnn] [--batch-size 128] [--samples 2048] [--repeats 3]
+FGSM-RS against natural training is measured the same way (both through `hvdat train`): an FGSM-RS step is one
+attack forward+backward plus the training forward+backward, so its ideal images/s ratio to natural training is 0.5.
+
+    python bench/train_step.py [--arch small-cnn] [--batch-size 128] [--samples 2048] [--repeats 3] [--out DIR]
+                               [--smoke]
 """
 
 from __future__ import annotations
@@ -92,24 +96,49 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "results", help="train_step.json/.png go here")
+    parser.add_argument("--smoke", action="store_true", help="tiny: 1 repeat of 128 images")
     parser.add_argument("--baseline-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.baseline_only:
         print(baseline(args.arch, args.batch_size, args.samples, args.steps, args.attack, args.threads))
         return
+    if args.smoke:
+        args.samples, args.repeats, args.batch_size = 128, 1, 32
     rows = []
     for attack, steps in ((args.attack, args.steps),):
         ours, theirs = measure(args, attack, steps)
         rows.append({"attack": f"{attack}-{steps}" if attack == "pgd" else attack, "arch": args.arch,
                      "batch_size": args.batch_size, "threads": args.threads, "hvdat_images_per_sec": ours,
                      "baseline_images_per_sec": theirs, "ratio": ours / theirs, "target": 0.95})
+    fgsm, natural = [], []
+    for _ in range(args.repeats):  # alternate, as above
+        fgsm.append(hvdat_run(args.arch, args.batch_size, args.samples, 1, "fgsm-rs", args.threads))
+        natural.append(hvdat_run(args.arch, args.batch_size, args.samples, 1, "none", args.threads))
+    fgsm_ips, natural_ips = statistics.median(fgsm), statistics.median(natural)
+    single = {"arch": args.arch, "batch_size": args.batch_size, "threads": args.threads,
+              "fgsm_rs_images_per_sec": fgsm_ips, "natural_images_per_sec": natural_ips,
+              "ratio": fgsm_ips / natural_ips, "ideal": 0.5}
+    sys.path.insert(0, str(Path(__file__).parent))
+    import common
+
+    common.write(args.out, "train_step", {"settings": {k: str(v) for k, v in vars(args).items()},
+                                          "pgd_vs_hand_written": rows, "fgsm_rs_vs_natural": single})
+    common.bar_plot(args.out, "train_step", ["PGD-10: hvdat", "PGD-10: hand-written", "FGSM-RS: hvdat",
+                                             "natural: hvdat"],
+                    {"images/s": [rows[0]["hvdat_images_per_sec"], rows[0]["baseline_images_per_sec"], fgsm_ips,
+                                  natural_ips]},
+                    f"{args.arch}, batch {args.batch_size}, {args.threads} threads; PGD ratio {rows[0]['ratio']:.3f}, "
+                    f"FGSM-RS/natural {single['ratio']:.3f}", "training images/s")
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"pgd_vs_hand_written": rows, "fgsm_rs_vs_natural": single}, indent=2))
         return
     print(f"{'attack':<10} {'arch':<16} {'hvdat img/s':>12} {'hand-written img/s':>19} {'ratio':>7}  target")
     for r in rows:
         print(f"{r['attack']:<10} {r['arch']:<16} {r['hvdat_images_per_sec']:>12.1f} "
               f"{r['baseline_images_per_sec']:>19.1f} {r['ratio']:>7.3f}  >= {r['target']}")
+    print(f"fgsm-rs vs natural: {fgsm_ips:.1f} vs {natural_ips:.1f} images/s, ratio {single['ratio']:.3f} "
+          "(ideal 0.5)")
     print(f"medians of {args.repeats} alternating runs, batch {args.batch_size}, {args.threads} threads")
 
 

@@ -109,6 +109,28 @@ def train(
                                          rich_help_panel=opt.OUTPUT)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.",
                                             rich_help_panel=opt.OUTPUT)] = False,
+    extra_data: Annotated[Optional[Path], typer.Option(help="Pseudo-labelled images (.npz from `hvdat pseudo-label`) "
+                                                           "mixed into every batch.", rich_help_panel=opt.DATA)]
+    = None,
+    extra_fraction: Annotated[float, typer.Option(help="Share of each batch taken from --extra-data.",
+                                                  rich_help_panel=opt.DATA)] = 0.5,
+    co_guard: Annotated[bool, typer.Option("--co-guard", help="Catastrophic-overfitting guard: a PGD check on fixed "
+                                                              "training images each epoch; on collapse roll back and "
+                                                              "switch attack.", rich_help_panel=opt.ATTACK)] = False,
+    co_guard_samples: Annotated[int, typer.Option(help="Training images the guard attacks.",
+                                                  rich_help_panel=opt.ATTACK)] = 256,
+    co_guard_ratio: Annotated[float, typer.Option(help="Collapse: check accuracy below this fraction of its best.",
+                                                  rich_help_panel=opt.ATTACK)] = 0.5,
+    co_guard_fallback: Annotated[str, typer.Option(help="Attack after a collapse (the same as --attack: half its "
+                                                        "step).", rich_help_panel=opt.ATTACK)] = "pgd",
+    co_guard_steps: Annotated[int, typer.Option(help="Steps of the fallback attack.",
+                                                rich_help_panel=opt.ATTACK)] = 3,
+    amp: Annotated[str, typer.Option(help="Mixed precision for the training step: none, bf16 or fp16 (with a "
+                                          "GradScaler).", rich_help_panel=opt.FAST)] = "none",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="channels_last memory format.",
+                                                rich_help_panel=opt.FAST)] = False,
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the model for the training step.",
+                                                rich_help_panel=opt.FAST)] = False,
     as_json: opt.Json = False,
 ) -> None:
     """Train a model with adversarial examples on one machine or a Horovod cluster."""
@@ -125,12 +147,39 @@ def train(
         lr_base_batch=lr_base_batch, lr_scaling=lr_scaling, optimizer=optimizer, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
         compression=compression, seed=seed, threads=threads, out=str(out_dir), resume=resume, np=np,
-        commit_every=commit_every)
+        commit_every=commit_every, extra_data=str(extra_data) if extra_data else None, extra_fraction=extra_fraction,
+        co_guard=co_guard, co_guard_samples=co_guard_samples, co_guard_ratio=co_guard_ratio,
+        co_guard_fallback=co_guard_fallback, co_guard_steps=co_guard_steps, amp=amp, channels_last=channels_last,
+        compile=compile_model)
     spec = LaunchSpec(np=np, hosts=hosts, hostfile=str(hostfile) if hostfile else None, launcher=launcher,
                       ssh_port=ssh_port, ssh_identity_file=str(ssh_identity_file) if ssh_identity_file else None,
                       network_interfaces=network_interfaces, mpi_args=mpi_args, min_np=min_np, max_np=max_np,
                       host_discovery_script=str(host_discovery_script) if host_discovery_script else None)
     run_training(config, spec, dry_run=dry_run, overwrite=overwrite, as_json=as_json, out=out, err=err)
+
+
+@app.command("pseudo-label")
+def pseudo_label(
+    model: Annotated[Path, typer.Option(help="Run directory (or checkpoint file) of a standard model.")],
+    data_dir: Annotated[Path, typer.Option(help="Folder of unlabeled images (any depth; folder names ignored).")],
+    out_path: Annotated[Path, typer.Option("--out", help="The .npz to write (for `hvdat train --extra-data`).")],
+    which: Annotated[str, typer.Option("--checkpoint", help="last.pt or best.pt of the run.")] = "last.pt",
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    limit: Annotated[int, typer.Option(help="Label only the first N images in sorted order (0: all).")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch threads per worker (0: cores / workers per host).")] = 0,
+    np: opt.Np = 1,
+    hosts: opt.Hosts = None,
+    hostfile: opt.Hostfile = None,
+    launcher: opt.Launcher = "gloo",
+    as_json: opt.Json = False,
+) -> None:
+    """Label unlabeled images with a trained model, sharded over Horovod ranks (Carmon et al. 2019)."""
+    from .launch import LaunchSpec
+    from .pseudo_label import run_pseudo_label
+
+    spec = LaunchSpec(np=np, hosts=hosts, hostfile=str(hostfile) if hostfile else None, launcher=launcher)
+    run_pseudo_label(model=model, data_dir=data_dir, out_path=out_path, which=which, batch_size=batch_size,
+                     limit=limit, threads=threads, spec=spec, as_json=as_json, out=out, err=err)
 
 
 @app.command("list")

@@ -80,6 +80,19 @@ class TrainConfig:
     resume: bool = False
     np: int = 1  # for the record; the launcher decides the real world size
     commit_every: int = 10  # elastic: batches between commits (what a lost worker can cost)
+    # unlabeled data (Carmon et al. 2019; DAT's CIFAR-10 + 500K): pseudo-labelled images mixed into each batch
+    extra_data: Optional[str] = None  # .npz written by `hvdat pseudo-label`
+    extra_fraction: float = 0.5  # share of each batch drawn from extra_data
+    # catastrophic-overfitting guard: a PGD check each epoch; on collapse roll back and change the attack
+    co_guard: bool = False
+    co_guard_samples: int = 256  # fixed training images the check attacks (PGD-eval_steps)
+    co_guard_ratio: float = 0.5  # collapse: check accuracy below this fraction of its best so far
+    co_guard_fallback: str = "pgd"  # attack after a collapse; the same attack as --attack halves its step
+    co_guard_steps: int = 3  # steps of the fallback attack
+    # fast path (GPU; correct on CPU)
+    amp: str = "none"  # none, bf16, fp16 (fp16 with a GradScaler)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
@@ -97,6 +110,7 @@ class TrainConfig:
         from . import data, models, optim
         from .attacks import ATTACKS
         from .compression import COMPRESSORS
+        from .fast_path import AMP_DTYPES
         from .schedule import SCHEDULES
 
         data.DATASETS.get(self.dataset)
@@ -131,6 +145,23 @@ class TrainConfig:
                             (self.eval_samples, "--eval-samples")):
             if count < 0:
                 raise UsageError(f"{name} must be >= 0, got {count}")
+        if self.amp not in AMP_DTYPES:
+            raise UsageError(f"unknown --amp {self.amp!r}", f"choose from: {', '.join(AMP_DTYPES)}")
+        if self.extra_data is not None:
+            if not Path(self.extra_data).is_file():
+                raise UsageError(f"--extra-data {self.extra_data} does not exist",
+                                 "write it with `hvdat pseudo-label --model RUN --data-dir DIR --out extra.npz`")
+            if not 0.0 < self.extra_fraction < 1.0:
+                raise UsageError(f"--extra-fraction must lie in (0, 1), got {self.extra_fraction}")
+            if round(self.extra_fraction * self.batch_size) in (0, self.batch_size):
+                raise UsageError(f"--extra-fraction {self.extra_fraction} of --batch-size {self.batch_size} leaves "
+                                 "no labeled or no extra images per batch", "raise --batch-size")
+        if self.co_guard:
+            ATTACKS.get(self.co_guard_fallback)
+            _positive("--co-guard-samples", self.co_guard_samples)
+            _positive("--co-guard-steps", self.co_guard_steps)
+            if not 0.0 < self.co_guard_ratio < 1.0:
+                raise UsageError(f"--co-guard-ratio must lie in (0, 1), got {self.co_guard_ratio}")
         data.DATASETS.get(self.dataset).check_dir(self.data_dir)
         return self
 

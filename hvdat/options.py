@@ -20,6 +20,7 @@ DATA = "Data and model"
 ATTACK = "Adversarial training"
 OPTIM = "Optimisation"
 OUTPUT = "Output"
+FAST = "GPU fast path"
 
 
 def _names(registry) -> str:

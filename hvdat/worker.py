@@ -24,6 +24,8 @@ from .attacks.bn_mode import attack_mode
 from .compression import COMPRESSORS, wire_bytes
 from .config import TrainConfig
 from .data import Splits, UInt8Images, load_splits
+from .extra import ExtraImages, extra_per_batch
+from . import fast_path
 from .models import build_model
 from .optim import build_optimizer
 from .schedule import lr_at, scale_factor
@@ -45,14 +47,16 @@ def seed_for(*parts: int) -> int:
 
 def batches(dataset, indices: List[int], batch_size: int, device: torch.device,
             num_workers: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Full batches of the given indices. In-memory data is sliced directly; folders go through a DataLoader."""
+    """Full batches of the given indices. In-memory data is sliced directly (from pinned memory when the trainer
+    pinned it); folders go through a DataLoader with pinned memory on CUDA."""
     usable = len(indices) - len(indices) % batch_size if len(indices) >= batch_size else len(indices)
     indices = indices[:usable]
     if isinstance(dataset, UInt8Images):
         order = torch.tensor(indices, dtype=torch.long)
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            yield dataset.images[chunk].to(device).float().div_(255), dataset.labels[chunk].to(device)
+            yield (dataset.images[chunk].to(device, non_blocking=True).float().div_(255),
+                   dataset.labels[chunk].to(device, non_blocking=True))
         return
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                                          num_workers=num_workers, pin_memory=device.type == "cuda")
@@ -134,11 +138,20 @@ class Trainer:
         self.splits = load_splits(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples)
         splits = self.splits
         self.model = build_model(cfg.arch, splits.num_classes, splits.shape, splits.mean, splits.std).to(self.device)
+        if self.device.type == "cuda" and isinstance(splits.train, UInt8Images):
+            splits.train.images = splits.train.images.pin_memory()
+        self.forward_model = fast_path.compiled(self.model, cfg.compile)  # what the training step calls
+        self.autocast = fast_path.autocast(cfg.amp, self.device)
+        self.scaler = fast_path.grad_scaler(cfg.amp, self.device)
+        self.extra = ExtraImages.load(cfg.extra_data, splits.shape, splits.num_classes) if cfg.extra_data else None
+        self.extra_per_batch = extra_per_batch(cfg.extra_fraction, cfg.batch_size) if self.extra else 0
+        self.labeled_batch = cfg.batch_size - self.extra_per_batch  # labeled images per batch
         self.global_batch = cfg.batch_size * self.size
         self.peak_lr = cfg.lr * scale_factor(self.global_batch, cfg.lr_base_batch, cfg.lr_scaling)
         self.optimizer = build_optimizer(cfg.optimizer, self.model, self.peak_lr, cfg.momentum, cfg.weight_decay,
                                          cfg.nesterov)
         self.epoch, self.step, self.best = 0, 0, -1.0
+        self._guard_state: Optional[Dict] = None
         self.batch = 0  # batches of self.epoch already trained (a mid-epoch checkpoint resumes there)
         self.partial = [0.0, 0.0, 0.0]  # loss, correct, seen of those batches, summed over ranks
         # per-rank compressor state (natural's RNG, ef-sign's residuals); residuals are restored on resume
@@ -159,14 +172,26 @@ class Trainer:
         shapes = [p.shape for p in self.model.parameters() if p.requires_grad]
         self.fp32_bytes_per_step = 4 * sum(shape.numel() for shape in shapes)
         self.static_bytes_per_step = wire_bytes(cfg.compression, shapes)
-        self.spec = ATTACKS.get(cfg.attack)
-        self.params = self.spec.params(cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start,
-                                       cfg.clean_weight, cfg.trades_beta)
+        if not hasattr(self, "attack_name"):  # not restored from a checkpoint (the guard may have switched it)
+            self.set_attack(cfg.attack, ATTACKS.get(cfg.attack).params(
+                cfg.eps, cfg.alpha, cfg.steps, cfg.norm, cfg.random_start, cfg.clean_weight, cfg.trades_beta))
         self.attack_mode = attack_mode(self.model, cfg.attack_bn)
         self.sampler = torch.utils.data.distributed.DistributedSampler(
             splits.train, num_replicas=self.size, rank=self.rank, shuffle=True, seed=cfg.seed, drop_last=False)
-        self.steps_per_epoch = max(1, len(self.sampler) // cfg.batch_size)
+        self.steps_per_epoch = max(1, len(self.sampler) // self.labeled_batch)
         self.loader_workers = 0 if isinstance(splits.train, UInt8Images) else min(4, os.cpu_count() or 1)
+        from .co_guard import CollapseGuard
+
+        self.guard = CollapseGuard(self) if cfg.co_guard else None
+        if self.guard is not None and self._guard_state is not None:
+            self.guard.load_state_dict(self._guard_state)
+
+    def set_attack(self, name: str, params) -> None:
+        """The training attack; the collapse guard switches it."""
+        from .attacks.objectives import AttackParams
+
+        self.attack_name, self.spec = name, ATTACKS.get(name)
+        self.params = params if isinstance(params, AttackParams) else AttackParams(**params)
 
     # --- state --------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict:
@@ -175,7 +200,11 @@ class Trainer:
                 "best_robust_acc": self.best, "arch": self.cfg.arch,
                 "dataset": self.cfg.dataset, "num_classes": self.splits.num_classes,
                 "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__,
-                "compression_ranks": self.compression_ranks, "rank_buffers": self.rank_buffers}
+                "compression_ranks": self.compression_ranks, "rank_buffers": self.rank_buffers,
+                "attack": {"name": self.attack_name, "params": dict(self.params.__dict__)} if hasattr(
+                    self, "attack_name") else None,
+                "co_guard": self.guard.state_dict() if getattr(self, "guard", None) else None,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
 
     def load_state_dict(self, state: Dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -184,6 +213,13 @@ class Trainer:
         self.batch, self.partial = state.get("batch", 0), list(state.get("partial", [0.0, 0.0, 0.0]))
         if hasattr(self.compressor, "load_rank_states"):
             self.compressor.load_rank_states(state.get("compression_ranks", []), self.rank, self.size)
+        if state.get("attack"):
+            self.set_attack(state["attack"]["name"], state["attack"]["params"])
+        self._guard_state = state.get("co_guard")
+        if getattr(self, "guard", None) is not None and self._guard_state:
+            self.guard.load_state_dict(self._guard_state)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         rank_buffers = state.get("rank_buffers") or []
         if len(rank_buffers) == self.size:  # mid-epoch: BN statistics are per rank until the epoch's average
             own = rank_buffers[self.rank]
@@ -218,10 +254,18 @@ class Trainer:
                    cfg.milestones)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss, logits = self.spec.objective(self.model, x, y, self.params, attack_gen, self.attack_mode)
+        with self.autocast():
+            loss, logits = self.spec.objective(self.forward_model, x, y, self.params, attack_gen, self.attack_mode)
         self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:  # fp16: Horovod's recipe, every rank unscales the same exchanged gradients and skips the same steps
+            self.scaler.scale(loss).backward()
+            self.optimizer.synchronize()
+            with self.optimizer.skip_synchronize():
+                self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.step += 1
         return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
 
@@ -237,7 +281,7 @@ class Trainer:
     def epoch_indices(self, epoch: int) -> List[int]:
         """This rank's sample indices for the rest of the epoch (after the self.batch batches already trained)."""
         self.sampler.set_epoch(epoch)
-        return list(self.sampler)[self.batch * self.cfg.batch_size:]
+        return list(self.sampler)[self.batch * self.labeled_batch:]
 
     def train_epoch(self, epoch: int, after_step: Optional[Callable[[int, List[float]], bool]] = None
                     ) -> Optional[Dict[str, float]]:
@@ -249,13 +293,18 @@ class Trainer:
         # rank 0 carries the (rank-summed) totals of batches trained before a mid-epoch checkpoint
         loss_sum, correct, seen = self.partial if self.rank == 0 else (0.0, 0.0, 0.0)
         last_report = time.perf_counter()
-        data = batches(self.splits.train, self.epoch_indices(epoch), cfg.batch_size, self.device,
+        data = batches(self.splits.train, self.epoch_indices(epoch), self.labeled_batch, self.device,
                        self.loader_workers)
         for i, (x, y) in enumerate(data, start=self.batch):
             # randomness per batch (not per epoch), so a run resumed mid-epoch repeats an uninterrupted one exactly
             attack_gen = torch.Generator(self.device).manual_seed(seed_for(cfg.seed, self.rank, epoch, 1, i))
+            if self.extra is not None:
+                x_extra, y_extra = self.extra.sample(self.extra_per_batch, torch.Generator().manual_seed(
+                    seed_for(cfg.seed, self.rank, epoch, 3, i)), self.device)
+                x, y = torch.cat([x, x_extra]), torch.cat([y, y_extra])
             if cfg.augment and self.splits.augment is not None:
                 x = self.splits.augment(x, torch.Generator().manual_seed(seed_for(cfg.seed, self.rank, epoch, 2, i)))
+            x = x.contiguous(memory_format=fast_path.memory_format(cfg.channels_last))
             batch_loss, batch_correct = self.train_step(x, y, attack_gen)
             loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
             if after_step is not None and after_step(i + 1, [loss_sum, correct, seen]):
@@ -314,11 +363,14 @@ def train(cfg: TrainConfig) -> None:
                     world_size=trainer.size, global_batch=trainer.global_batch, peak_lr=trainer.peak_lr,
                     params=trainer.params.__dict__)
     stop = StopSignal.install()
-    for epoch in range(trainer.epoch, cfg.epochs):
+    while trainer.epoch < cfg.epochs:
+        epoch = trainer.epoch
         metrics = trainer.train_epoch(epoch, lambda done, sums: stop.agreed(trainer.hvd, trainer.size))
         if metrics is None:
             trainer.record_stop(epoch)
             return
+        if trainer.guard is not None:  # may roll the trainer back to the last good epoch
+            metrics.update(trainer.guard.after_epoch(metrics))
         trainer.record(metrics)
     if trainer.rank == 0:
         events.emit("done", epochs=cfg.epochs)

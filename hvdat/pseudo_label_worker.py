@@ -1,0 +1,123 @@
+"""`python -m hvdat.pseudo_label_worker --config job.json`: label unlabeled images with a trained model.
+
+Sharded like evaluation: rank r decodes and labels files r, r+size, ...; the shards are allgathered and rank 0
+writes the `.npz` that `hvdat train --extra-data` reads (images uint8 NCHW in file order, labels, confidence,
+files). Images must have the training images' size (no resizing: a silent resize would change the data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import torch
+
+from . import checkpoint, events
+from .errors import UsageError
+from .extra import save
+
+
+def image_files(root: str) -> List[str]:
+    """Every image under root (any depth, sub-folder names ignored), sorted for a stable order."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    found = [os.path.join(d, f) for d, _, names in os.walk(root, followlinks=True) for f in names
+             if f.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(found)
+
+
+def decode(files: List[str], channels: int) -> np.ndarray:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    mode = "L" if channels == 1 else "RGB"
+
+    def read(path: str) -> np.ndarray:
+        with Image.open(path) as image:
+            return np.asarray(image.convert(mode))
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        arrays = list(pool.map(read, files, chunksize=64))
+    if not arrays:
+        return np.zeros((0, channels, 1, 1), dtype=np.uint8)
+    images = np.stack(arrays)
+    return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2).copy()
+
+
+def label(job: dict) -> None:
+    import horovod.torch as hvd
+
+    from .models import build_model
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    torch.set_num_threads(job.get("threads") or max(1, (os.cpu_count() or 1) // hvd.local_size()))
+    device = torch.device(f"cuda:{hvd.local_rank()}" if torch.cuda.is_available() else "cpu")
+    state = checkpoint.load(Path(job["checkpoint"]))
+    shape = tuple(state["shape"])
+    model = build_model(state["arch"], state["num_classes"], shape, (0.0,) * shape[0], (1.0,) * shape[0])
+    model.load_state_dict(state["model"])  # mean/std buffers come from the checkpoint
+    model.to(device).eval()
+    files = image_files(job["data_dir"])
+    if job.get("limit"):
+        files = files[:job["limit"]]
+    if not files:
+        raise UsageError(f"no images under {job['data_dir']}")
+    start = time.perf_counter()
+    mine = list(range(rank, len(files), size))
+    images = decode([files[i] for i in mine], shape[0])
+    if len(images) and tuple(images.shape[1:]) != shape:
+        raise UsageError(f"images under {job['data_dir']} are {tuple(images.shape[1:])}, the model takes {shape}")
+    labels, confidence = [], []
+    with torch.no_grad():
+        for begin in range(0, len(images), job["batch_size"]):
+            x = torch.from_numpy(images[begin:begin + job["batch_size"]]).to(device).float().div_(255)
+            p = torch.softmax(model(x).float(), dim=1)
+            conf, pred = p.max(1)
+            labels.append(pred.cpu())
+            confidence.append(conf.cpu())
+    labels_t = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+    conf_t = torch.cat(confidence) if confidence else torch.zeros(0)
+    index_t = torch.tensor(mine, dtype=torch.long)
+    images_t = torch.from_numpy(images)
+    if size > 1:
+        index_t = hvd.allgather(index_t, name="pl.index")
+        labels_t = hvd.allgather(labels_t, name="pl.labels")
+        conf_t = hvd.allgather(conf_t, name="pl.conf")
+        images_t = hvd.allgather(images_t, name="pl.images")
+    if rank != 0:
+        return
+    order = torch.argsort(index_t)
+    labels_np, conf_np = labels_t[order].numpy(), conf_t[order].numpy()
+    save(Path(job["out"]), images_t[order].numpy(), labels_np, conf_np,
+         [os.path.relpath(files[i], job["data_dir"]) for i in index_t[order].tolist()])
+    counts = np.bincount(labels_np, minlength=state["num_classes"]).tolist()
+    events.emit("done", out=job["out"], images=len(labels_np), class_counts=counts,
+                mean_confidence=float(conf_np.mean()), seconds=time.perf_counter() - start, world_size=size,
+                checkpoint=job["checkpoint"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hvdat.pseudo_label_worker", description=__doc__)
+    parser.add_argument("--config", required=True, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        label(json.loads(args.config.read_text()))
+    except Exception as exc:
+        rank = os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
+        events.emit("error", rank=int(rank), message=f"{type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

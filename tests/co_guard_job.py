@@ -1,0 +1,11 @@
+"""Run `hvdat.worker` with the collapse guard's PGD check scripted (CO cannot be provoked in seconds): the check
+accuracies come from HVDAT_TEST_CHECKS, comma-separated, one per epoch record."""
+
+import os
+import sys
+
+from hvdat import co_guard, worker
+
+checks = [float(v) for v in os.environ["HVDAT_TEST_CHECKS"].split(",")]
+co_guard.CollapseGuard.check_accuracy = lambda self: checks.pop(0)
+sys.exit(worker.main(sys.argv[1:]))
