@@ -237,8 +237,12 @@ def _image_folder(root: str, train_samples: int, test_samples: int, test_names=(
         index = _take(n, len(files), seed)
         if index is not None:
             files = [files[i] for i in index.tolist()]
+        # ImageFolder lists files class by class; a fixed shuffle makes "the first N test images" (per-epoch
+        # robust accuracy, hvdat eval --n-examples) a sample of every class rather than of the first few.
+        order = torch.randperm(len(files), generator=torch.Generator().manual_seed(seed + 10)).tolist()
+        files = [files[i] for i in order]
         stat = folder.stat()
-        key = hashlib.sha1(f"{folder.resolve()}|{stat.st_mtime_ns}|{len(files)}|{n}".encode()).hexdigest()[:16]
+        key = hashlib.sha1(f"v2|{folder.resolve()}|{stat.st_mtime_ns}|{len(files)}|{n}".encode()).hexdigest()[:16]
         splits.append((files, classes, key))
     (train_files, classes, train_key), (test_files, _, test_key) = splits
     small = _decode_small(train_files, train_key)
