@@ -4,10 +4,9 @@ Every bench is `python bench/NAME.py [--data-dir DIR] [--out DIR] [--smoke]`: it
 subprocess per run), evaluates the run directories, writes `OUT/NAME.json` and `OUT/NAME.png`, and prints a
 Markdown table. `--smoke` shrinks everything (a tiny subset, 1 epoch) so the test suite can run every bench.
 
-Evaluation runs in-process by default (PGD with restarts from hvdat.attacks.pgd, AutoAttack from pyautoattack) on
-a fixed random subset of N images (seed 0) of the run's test split. Not the first N: an ImageFolder test split is
-sorted by class, so its first 500 CIFAR-10 images hold five classes only. `HVDAT_BENCH_EVAL=cli` sends evaluation
-through `hvdat eval RUN --attack pgd|autoattack ... --json` instead, which attacks the first N test images.
+Evaluation is `hvdat eval RUN/last.pt --attack pgd|autoattack --n-examples N --np 2 --json`, the command a user
+runs: the first N images of the whole test split (an ImageFolder listing is shuffled once with a fixed seed, so they
+cover every class), AutoAttack in its standard four-attack version.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpg"
@@ -37,8 +36,6 @@ def parser(doc: str) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results")
     p.add_argument("--smoke", action="store_true", help="tiny subset, 1 epoch: checks the bench end to end")
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--aa-attacks", default="apgd-ce,apgd-t",
-                   help="AutoAttack: 'standard' (all four attacks) or a subset, e.g. apgd-ce,apgd-t (CPU budgets)")
     return p
 
 
@@ -65,76 +62,25 @@ def train(run_dir: Path, *args) -> Dict:
     return summary
 
 
-def _has_eval() -> bool:
-    return hvdat("eval", "--help", check=False).returncode == 0
-
-
-def evaluate(run_dir: Path, attack: str, n: int, steps: int = 20, restarts: int = 1, eps: str = "8/255",
-             aa_attacks: str = "standard") -> Dict:
-    """Clean and robust accuracy of run_dir's last checkpoint on the first n test images. `aa_attacks`:
-    `standard` (the full AutoAttack) or a comma-separated subset such as `apgd-ce,apgd-t` (in-process)."""
+def evaluate(run_dir: Path, attack: str, n: int, steps: Optional[int] = None, restarts: Optional[int] = None,
+             eps: str = "8/255", np: int = 2) -> Dict:
+    """Clean and robust accuracy of run_dir's last checkpoint, through `hvdat eval RUN/last.pt ... --json` on np
+    ranks: the first n images of the whole test split (hvdat shuffles an ImageFolder listing once with a fixed seed,
+    so they are a random sample of every class). `attack` is any `hvdat eval --attack` (autoattack: the standard
+    four-attack AutoAttack of pyautoattack)."""
     start = time.perf_counter()
-    if os.environ.get("HVDAT_BENCH_EVAL") == "cli" and _has_eval() and (attack == "pgd" or aa_attacks == "standard"):
-        args = ["eval", run_dir, "--attack", attack, "--eps", eps, "--n-examples", n, "--json"]
-        if attack == "pgd":
-            args += ["--steps", steps, "--restarts", restarts]
-        report = json.loads(hvdat(*args).stdout)
-        result = {"clean_acc": report["clean_accuracy"], "robust_acc": report["robust_accuracy"], "via": "hvdat eval"}
-    else:
-        result = _evaluate_in_process(run_dir, attack, n, steps, restarts, eps, aa_attacks)
-    if attack == "autoattack":
-        result["autoattack_attacks"] = aa_attacks
-    log(f"{attack} on {n} images of {run_dir}: {result['robust_acc']:.3f} ({time.perf_counter() - start:.0f}s)")
-    result.update(attack=attack, n=n, steps=steps if attack == "pgd" else None,
-                  restarts=restarts if attack == "pgd" else None, seconds=time.perf_counter() - start)
+    args = ["eval", Path(run_dir) / "last.pt", "--attack", attack, "--eps", eps, "--n-examples", n, "--np", np,
+            "--out", Path(run_dir) / "eval" / f"{attack}-{n}.json", "--json"]
+    if steps is not None:
+        args += ["--steps", steps]
+    if restarts is not None:
+        args += ["--restarts", restarts]
+    report = json.loads(hvdat(*args).stdout)
+    result = {"clean_acc": report["clean_accuracy"], "robust_acc": report["robust_accuracy"], "attack": attack,
+              "n": n, "steps": steps, "restarts": restarts, "seconds": time.perf_counter() - start,
+              "command": "hvdat " + " ".join(map(str, args[:-1]))}
+    log(f"{attack} on {n} images of {run_dir}: {result['robust_acc']:.3f} ({result['seconds']:.0f}s)")
     return result
-
-
-def _evaluate_in_process(run_dir: Path, attack: str, n: int, steps: int, restarts: int, eps: str,
-                         aa_attacks: str) -> Dict:
-    import torch
-
-    from hvdat import checkpoint
-    from hvdat.attacks import pgd
-    from hvdat.config import TrainConfig, parse_eps
-    from hvdat.data import load_splits
-    from hvdat.models import build_model
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    cfg = TrainConfig.load(Path(run_dir) / "config.json")
-    state = checkpoint.load(Path(run_dir) / checkpoint.LAST)
-    splits = load_splits(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples)
-    model = build_model(cfg.arch, splits.num_classes, splits.shape, splits.mean, splits.std)
-    model.load_state_dict(state["model"])
-    model.eval()
-    n = min(n, len(splits.test))
-    index = torch.randperm(len(splits.test), generator=torch.Generator().manual_seed(0))[:n]
-    x, y = splits.test.images[index].float() / 255, splits.test.labels[index]
-    eps_value = parse_eps(eps)
-    with torch.no_grad():
-        clean = model(x).argmax(1) == y
-    if attack == "pgd":
-        robust = clean.clone()
-        for restart in range(restarts):
-            x_adv = torch.cat([pgd(model, x[i:i + 256], y[i:i + 256], eps=eps_value, alpha=2.5 * eps_value / steps,
-                                   steps=steps, generator=torch.Generator().manual_seed(restart))
-                               for i in range(0, n, 256)])
-            with torch.no_grad():
-                robust &= model(x_adv).argmax(1) == y
-    else:
-        from pyautoattack import AutoAttack
-
-        if aa_attacks == "standard":
-            adversary = AutoAttack(model, eps=eps_value, norm="Linf", version="standard", seed=0)
-        else:
-            adversary = AutoAttack(model, eps=eps_value, norm="Linf", version="custom", seed=0,
-                                   attacks=aa_attacks.split(","))
-        adversary.verbose = False
-        x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=250)
-        with torch.no_grad():
-            robust = model(x_adv).argmax(1) == y
-    return {"clean_acc": clean.float().mean().item(), "robust_acc": robust.float().mean().item(),
-            "via": "in-process (hvdat.attacks.pgd / pyautoattack)"}
 
 
 def machine() -> Dict:

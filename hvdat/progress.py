@@ -47,8 +47,13 @@ class TrainProgress:
             self.epochs.append(event)
             self.console.print(
                 f"epoch {event['epoch']:>3}  loss {event['train_loss']:.4f}  train {event['train_acc']:.1%}  "
-                f"clean {event['test_clean_acc']:.1%}  robust {event['test_robust_acc']:.1%}  "
+                f"clean {event['test_clean_acc']:.1%}  robust {percent(event['test_robust_acc'])}  "
                 f"{event['images_per_sec']:,.0f} img/s  {event['seconds']:.1f}s")
+
+
+def percent(value: Optional[float]) -> str:
+    """An accuracy for a table; `-` where it was not measured (--eval-samples 0)."""
+    return "-" if value is None else f"{value:.1%}"
 
 
 def epochs_table(rows: List[Dict[str, Any]], title: str = "training") -> Table:
@@ -57,6 +62,6 @@ def epochs_table(rows: List[Dict[str, Any]], title: str = "training") -> Table:
         table.add_column(name, justify="right")
     for row in rows:
         table.add_row(str(row["epoch"]), f"{row['train_loss']:.4f}", f"{row['train_acc']:.1%}",
-                      f"{row['test_clean_acc']:.1%}", f"{row['test_robust_acc']:.1%}",
+                      f"{row['test_clean_acc']:.1%}", percent(row["test_robust_acc"]),
                       f"{row['images_per_sec']:,.0f}", f"{row['lr']:.4g}", f"{row['seconds']:.1f}")
     return table

@@ -45,6 +45,10 @@ def read_eval_reports(run_dir: Path) -> List[Dict]:
     return reports
 
 
+def _or_nan(value: Optional[float]) -> float:
+    return float("nan") if value is None else value
+
+
 def _pyplot():
     import matplotlib
 
@@ -60,7 +64,7 @@ def plot_training(rows: List[Dict], path: Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=(10, 7), constrained_layout=True)
     ax = axes[0][0]
     ax.plot(epochs, [r["test_clean_acc"] for r in rows], "o-", label="clean (test)")
-    ax.plot(epochs, [r["test_robust_acc"] for r in rows], "s-", label="robust (test, PGD)")
+    ax.plot(epochs, [_or_nan(r["test_robust_acc"]) for r in rows], "s-", label="robust (test, PGD)")
     ax.plot(epochs, [r["train_acc"] for r in rows], "--", color="grey", label="train (adversarial)")
     ax.set(title="accuracy", xlabel="epoch", ylim=(0, 1))
     ax.legend()

@@ -67,7 +67,8 @@ def run_training(config: TrainConfig, spec: launch.LaunchSpec, *, dry_run: bool,
     if not progress.epochs:
         raise UsageError("training produced no epochs", f"is --epochs larger than the epochs already in {run_dir}?")
     summary = {"out": str(run_dir), "epochs": progress.epochs, "final": progress.epochs[-1],
-               "best_robust_acc": max(e["test_robust_acc"] for e in progress.epochs)}
+               "best_robust_acc": max((e["test_robust_acc"] for e in progress.epochs
+                                   if e["test_robust_acc"] is not None), default=None)}
     if as_json:
         out.print_json(json.dumps(summary))
     else:

@@ -103,7 +103,7 @@ def evaluate(ctx: Context, model, splits: Splits, epoch: int) -> Dict[str, float
         robust_total += len(y)
     correct, total, robust_correct, robust_total = ctx.allreduce_sum([correct, total, robust_correct, robust_total])
     return {"test_clean_acc": correct / max(total, 1),
-            "test_robust_acc": robust_correct / robust_total if robust_total else float("nan")}
+            "test_robust_acc": robust_correct / robust_total if robust_total else None}  # None: JSON null, not NaN
 
 
 def distributed_optimizer(hvd, optimizer, model, compressor):
@@ -335,8 +335,9 @@ class Trainer:
         self.gather_compression_state()
         if self.rank != 0:
             return
-        improved = metrics["test_robust_acc"] > self.best
-        self.best = max(self.best, metrics["test_robust_acc"])
+        robust = metrics["test_robust_acc"]
+        improved = robust is not None and robust > self.best
+        self.best = max(self.best, robust) if robust is not None else self.best
         self.save(improved)
         with open(self.out / METRICS, "a") as handle:
             handle.write(json.dumps(metrics) + "\n")

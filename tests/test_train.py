@@ -4,8 +4,10 @@ import json
 import shutil
 
 import torch
+from rich.console import Console
 
 from conftest import QUICK, read_metrics, run_hvdat
+from hvdat.progress import epochs_table
 
 TIMING = {"images_per_sec", "seconds", "train_seconds"}
 REQUIRED = {"epoch", "train_loss", "train_acc", "test_clean_acc", "test_robust_acc", "images_per_sec", "lr",
@@ -71,3 +73,25 @@ def test_a_failing_worker_is_named_with_its_last_lines(tmp_path):
     assert "training failed on rank" in proc.stderr and "UnidentifiedImageError" in proc.stderr
     assert "last lines:" in proc.stderr and "full log:" in proc.stderr
     assert (tmp_path / "r" / "logs" / "train.log").is_file()
+
+
+def _reject_constant(name):
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_json_is_strict_and_an_unmeasured_robust_accuracy_is_null(tmp_path):
+    """--eval-samples 0 skips the per-epoch PGD check: the JSON says null (jq and other strict parsers reject NaN),
+    the table says '-', and no best.pt is chosen on a number that was never measured."""
+    proc = run_hvdat("train", *QUICK, "--eval-samples", "0", "--epochs", "1", "--batch-size", "64",
+                     "--out", tmp_path / "run", "--json", check=True)
+    summary = json.loads(proc.stdout, parse_constant=_reject_constant)
+    assert summary["final"]["test_robust_acc"] is None and summary["best_robust_acc"] is None
+    assert summary["final"]["test_clean_acc"] > 0
+    assert read_metrics(tmp_path / "run")[-1]["test_robust_acc"] is None
+    assert (tmp_path / "run" / "last.pt").is_file() and not (tmp_path / "run" / "best.pt").exists()
+    run_hvdat("report", tmp_path / "run", check=True)
+    assert (tmp_path / "run" / "plots" / "training.png").stat().st_size > 1000
+    console = Console(width=200, record=True)
+    console.print(epochs_table(summary["epochs"]))
+    row = [line for line in console.export_text().splitlines() if line.lstrip("│ ").startswith("1 ")][0]
+    assert [cell.strip() for cell in row.split("│")][5] == "-", row  # the robust column
