@@ -57,6 +57,50 @@ def test_real_cifar10_in_imagefolder_layout(cifar_dir, tmp_path, monkeypatch):
     assert torch.equal(again.train.images, splits.train.images)
 
 
+def _write_cifar10_release(cifar_dir, root, per_batch: int = 4):
+    """The original CIFAR-10 python release (cifar-10-batches-py: five pickled training batches, a test batch and
+    batches.meta), holding a few real CIFAR-10 images; returns their pixels and labels, training images first."""
+    import pickle
+
+    import numpy as np
+    from PIL import Image
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    classes = sorted(p.name for p in (cifar_dir / "train").iterdir())
+    pixels, labels = [], []
+    for k, name in enumerate([f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]):
+        split = "test" if name == "test_batch" else "train"
+        files = [(sorted((cifar_dir / split / c).iterdir())[k], i) for i, c in enumerate(classes)][:per_batch]
+        data = np.stack([np.asarray(Image.open(f).convert("RGB")) for f, _ in files])
+        batch_labels = [label for _, label in files]
+        with open(folder / name, "wb") as handle:
+            pickle.dump({"data": data.transpose(0, 3, 1, 2).reshape(len(files), -1), "labels": batch_labels},
+                        handle)
+        pixels.append(data)
+        labels += batch_labels
+    with open(folder / "batches.meta", "wb") as handle:
+        pickle.dump({"label_names": classes}, handle)
+    return np.concatenate(pixels), labels
+
+
+def test_the_original_cifar10_release_loads(cifar_dir, tmp_path, monkeypatch):
+    """`--dataset cifar10 --data-dir DIR` with torchvision's release in DIR (not the ImageFolder layout). The
+    release's md5 check is switched off: these batches hold 24 real images, not the 60,000 it expects."""
+    import os
+
+    from torchvision.datasets import cifar
+
+    pixels, labels = _write_cifar10_release(cifar_dir, tmp_path)
+    monkeypatch.setattr(cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+    splits = load_splits("cifar10", str(tmp_path))
+    assert splits.num_classes == 10 and splits.shape == (3, 32, 32)
+    assert len(splits.train) == 20 and len(splits.test) == 4
+    images = torch.cat([splits.train.images, splits.test.images])
+    assert torch.equal(images, torch.from_numpy(pixels).permute(0, 3, 1, 2))
+    assert torch.cat([splits.train.labels, splits.test.labels]).tolist() == labels
+
+
 def test_crop_flip_is_reproducible_and_keeps_shape():
     x = torch.rand(8, 3, 32, 32)
     a = crop_flip()(x, torch.Generator().manual_seed(3))
