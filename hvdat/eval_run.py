@@ -110,7 +110,7 @@ def prepare(target: Path, *, attack: str, version: str, eps: str, norm: str, ste
                      n_examples=n_examples, batch_size=batch_size, seed=seed, threads=threads, out=str(out_file),
                      work_dir=str(out_file.with_suffix(".work")), np=np)
     del plan  # validated; the workers rebuild the same plan
-    return EvalConfig(**{**cfg.to_dict(), "fingerprint": cfg.compute_fingerprint()})
+    return cfg.replace(fingerprint=cfg.compute_fingerprint())
 
 
 class EvalProgress:
