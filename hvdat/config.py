@@ -162,6 +162,11 @@ class TrainConfig(FrozenConfig):
             if not 0.0 < self.co_guard_ratio < 1.0:
                 raise UsageError(f"--co-guard-ratio must lie in (0, 1), got {self.co_guard_ratio}")
         data.DATASETS.get(self.dataset).check_dir(self.data_dir)
+        if self.extra_data is not None:  # last: it needs the dataset's image shape and classes
+            from .extra import check_file
+
+            splits = data.load_splits(self.dataset, self.data_dir, train_samples=1, test_samples=1)
+            check_file(self.extra_data, splits.shape, splits.num_classes)
         return self
 
 
