@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from typing_extensions import Annotated
 from . import __version__
 from . import options as opt
 from .errors import HvdatError, UsageError
+from .launch import LaunchSpec
 
 app = typer.Typer(help="Distributed adversarial training on Horovod.", no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False,
@@ -36,15 +38,9 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
 
 
 @app.command()
+@opt.launch_options
 def train(
-    np: opt.Np = 1,
-    hosts: opt.Hosts = None,
-    hostfile: opt.Hostfile = None,
-    launcher: opt.Launcher = "gloo",
-    ssh_port: opt.SshPort = None,
-    ssh_identity_file: opt.SshIdentity = None,
-    network_interfaces: opt.NetworkInterfaces = None,
-    mpi_args: opt.MpiArgs = None,
+    spec: LaunchSpec = LaunchSpec(),  # the launch options (opt.LAUNCH_OPTIONS), gathered
     min_np: Annotated[Optional[int], typer.Option("--min-np", help="Elastic (Gloo): keep training while at least "
                                                   "this many workers are alive.", rich_help_panel=opt.CLUSTER)] = None,
     max_np: Annotated[Optional[int], typer.Option("--max-np", help="Elastic: grow up to this many workers.",
@@ -99,8 +95,7 @@ def train(
     warmup_epochs: Annotated[float, typer.Option(help="Linear LR warm-up epochs.",
                                                  rich_help_panel=opt.OPTIM)] = 0.0,
     compression: Annotated[str, typer.Option(help=opt.COMPRESSION_HELP, rich_help_panel=opt.CLUSTER)] = "none",
-    threads: Annotated[int, typer.Option(help="Torch threads per worker (0: cores / workers per host).",
-                                         rich_help_panel=opt.CLUSTER)] = 0,
+    threads: opt.Threads = 0,
     out_dir: Annotated[Path, typer.Option("--out", help="Run directory: config.json, metrics.jsonl, last.pt, "
                                                         "best.pt, logs/.", rich_help_panel=opt.OUTPUT)]
     = Path("runs/latest"),
@@ -135,7 +130,6 @@ def train(
 ) -> None:
     """Train a model with adversarial examples on one machine or a Horovod cluster."""
     from .config import TrainConfig, parse_eps
-    from .launch import LaunchSpec
     from .train_run import run_training
 
     config = TrainConfig(
@@ -146,15 +140,13 @@ def train(
         eval_samples=eval_samples, eval_steps=eval_steps, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_base_batch=lr_base_batch, lr_scaling=lr_scaling, optimizer=optimizer, momentum=momentum,
         nesterov=nesterov, weight_decay=weight_decay, schedule=schedule, warmup_epochs=warmup_epochs,
-        compression=compression, seed=seed, threads=threads, out=str(out_dir), resume=resume, np=np,
+        compression=compression, seed=seed, threads=threads, out=str(out_dir), resume=resume, np=spec.np,
         commit_every=commit_every, extra_data=str(extra_data) if extra_data else None, extra_fraction=extra_fraction,
         co_guard=co_guard, co_guard_samples=co_guard_samples, co_guard_ratio=co_guard_ratio,
         co_guard_fallback=co_guard_fallback, co_guard_steps=co_guard_steps, amp=amp, channels_last=channels_last,
         compile=compile_model)
-    spec = LaunchSpec(np=np, hosts=hosts, hostfile=str(hostfile) if hostfile else None, launcher=launcher,
-                      ssh_port=ssh_port, ssh_identity_file=str(ssh_identity_file) if ssh_identity_file else None,
-                      network_interfaces=network_interfaces, mpi_args=mpi_args, min_np=min_np, max_np=max_np,
-                      host_discovery_script=str(host_discovery_script) if host_discovery_script else None)
+    spec = dataclasses.replace(spec, min_np=min_np, max_np=max_np, host_discovery_script=str(
+        host_discovery_script) if host_discovery_script else None)
     run_training(config, spec, dry_run=dry_run, overwrite=overwrite, as_json=as_json, out=out, err=err)
 
 
@@ -256,6 +248,7 @@ def bench_comm(
     run_bench(arch=arch, np=np, compressions=parse_compressions(compression), bandwidth=bandwidth, steps=steps,
               warmup=warmup, launcher=launcher, as_json=as_json, out=out, err=err)
 @app.command("eval")
+@opt.launch_options
 def eval_command(
     target: Annotated[Path, typer.Argument(help="A run directory (uses best.pt, else last.pt) or a checkpoint.")],
     attack: Annotated[str, typer.Option(help=opt.EVAL_ATTACK_HELP, rich_help_panel=opt.ATTACK)] = "autoattack",
@@ -276,17 +269,9 @@ def eval_command(
     dataset: Annotated[Optional[str], typer.Option(help="Dataset (default: the run's own).",
                                                    rich_help_panel=opt.DATA)] = None,
     data_dir: opt.DataDir = None,
-    np: opt.Np = 1,
-    hosts: opt.Hosts = None,
-    hostfile: opt.Hostfile = None,
-    launcher: opt.Launcher = "gloo",
-    ssh_port: opt.SshPort = None,
-    ssh_identity_file: opt.SshIdentity = None,
-    network_interfaces: opt.NetworkInterfaces = None,
-    mpi_args: opt.MpiArgs = None,
+    spec: LaunchSpec = LaunchSpec(),  # the launch options (opt.LAUNCH_OPTIONS), gathered
     dry_run: opt.DryRun = False,
-    threads: Annotated[int, typer.Option(help="Torch threads per worker (0: cores / workers per host).",
-                                         rich_help_panel=opt.CLUSTER)] = 0,
+    threads: opt.Threads = 0,
     seed: opt.Seed = 0,
     out_path: Annotated[Optional[Path], typer.Option("--out", help="The JSON report (default: "
                                                      "RUN/eval/ATTACK-NORM.json).", rich_help_panel=opt.OUTPUT)]
@@ -295,14 +280,10 @@ def eval_command(
 ) -> None:
     """Evaluate robustness with AutoAttack, PGD, CW, FGSM, ... sharded over Horovod ranks."""
     from .eval_run import prepare, run_eval
-    from .launch import LaunchSpec
 
     config = prepare(target, attack=attack, version=version, eps=eps, norm=norm, steps=steps, restarts=restarts,
                      n_examples=n_examples, batch_size=batch_size, dataset=dataset, data_dir=data_dir, seed=seed,
-                     threads=threads, out_path=out_path, np=np)
-    spec = LaunchSpec(np=np, hosts=hosts, hostfile=str(hostfile) if hostfile else None, launcher=launcher,
-                      ssh_port=ssh_port, ssh_identity_file=str(ssh_identity_file) if ssh_identity_file else None,
-                      network_interfaces=network_interfaces, mpi_args=mpi_args)
+                     threads=threads, out_path=out_path, np=spec.np)
     run_eval(config, spec, dry_run=dry_run, as_json=as_json, out=out, err=err)
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from .errors import UsageError
+from .frozen_config import FrozenConfig
 
 CONFIG_FILE = "config.json"
 
@@ -35,8 +35,10 @@ def parse_eps(text: str | float, what: str = "eps") -> float:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(FrozenConfig):
     """Everything a worker needs to train. Field names match the CLI options."""
+
+    MISSING_HINT = "point at a run directory made by `hvdat train`"
 
     # data
     dataset: str = "digits"
@@ -93,9 +95,6 @@ class TrainConfig:
     amp: str = "none"  # none, bf16, fp16 (fp16 with a GradScaler)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model
-
-    def replace(self, **changes: Any) -> "TrainConfig":
-        return dataclasses.replace(self, **changes)
 
     @property
     def resolved_alpha(self) -> float:
@@ -163,35 +162,12 @@ class TrainConfig:
             if not 0.0 < self.co_guard_ratio < 1.0:
                 raise UsageError(f"--co-guard-ratio must lie in (0, 1), got {self.co_guard_ratio}")
         data.DATASETS.get(self.dataset).check_dir(self.data_dir)
+        if self.extra_data is not None:  # last: it needs the dataset's image shape and classes
+            from .extra import check_file
+
+            splits = data.load_splits(self.dataset, self.data_dir, train_samples=1, test_samples=1)
+            check_file(self.extra_data, splits.shape, splits.num_classes)
         return self
-
-    # --- files ---------------------------------------------------------------------------------------------------
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - set(known))
-        if unknown:
-            raise UsageError(f"config has unknown keys {unknown}", "was it written by a newer hvdat?")
-        cleaned = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-        return cls(**cleaned)
-
-    @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise UsageError(f"no config at {path}", "point at a run directory made by `hvdat train`") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path} is not valid JSON ({exc.msg})") from None
 
 
 def _positive(name: str, value: int) -> None:

@@ -91,8 +91,6 @@ def _fixed(steps: int, restarts: int = 1):
     return lambda version, norm: StageSettings(steps, restarts)
 
 
-
-
 @dataclass(frozen=True)
 class EvalAttack:
     name: str
@@ -106,8 +104,6 @@ class EvalAttack:
 
 def _autoattack_stages(version: str, norm: str) -> Tuple[str, ...]:
     return tuple(_aa(version, norm).attacks_to_run)
-
-
 
 
 # --- the plan: stages and their settings, with every departure from the reference spelled out ---------------------
@@ -235,38 +231,20 @@ def _configure(aa, name: str, s: StageSettings) -> None:
         aa.square.n_queries, aa.square.n_restarts = s.steps, s.restarts
 
 
-def _apgd(loss: str):
+def _run_reference(attack: str, **fixed):
+    """Run one reference attack object of the AutoAttack (`apgd`, `apgd_targeted`, `fab`, `square`), after setting
+    what this stage fixes on it (e.g. APGD's loss), its restarts and the seed, as run_standard_evaluation does.
+    apgd-ce/apgd-dlr and fab/fab-t share one object, so every stage sets its own settings again."""
+
     def run(r: StageRunner, stage, x, y, generator):
-        aa = r.aa()
-        aa.apgd.loss = loss
-        aa.apgd.n_restarts = r.plan.settings[stage].restarts
-        aa.apgd.seed = r.seed
-        return aa.apgd.perturb(x, y)
+        runner = getattr(r.aa(), attack)
+        for name, value in fixed.items():
+            setattr(runner, name, value)
+        runner.n_restarts = r.plan.settings[stage].restarts
+        runner.seed = r.seed
+        return runner.perturb(x, y)
 
     return run
-
-
-def _apgd_t(r: StageRunner, stage, x, y, generator):
-    aa = r.aa()
-    aa.apgd_targeted.seed = r.seed
-    return aa.apgd_targeted.perturb(x, y)
-
-
-def _fab(targeted: bool):
-    def run(r: StageRunner, stage, x, y, generator):
-        aa = r.aa()
-        aa.fab.targeted = targeted
-        aa.fab.n_restarts = r.plan.settings[stage].restarts
-        aa.fab.seed = r.seed
-        return aa.fab.perturb(x, y)
-
-    return run
-
-
-def _square(r: StageRunner, stage, x, y, generator):
-    aa = r.aa()
-    aa.square.seed = r.seed
-    return aa.square.perturb(x, y)
 
 
 def _pgd_like(loss_fn, alpha_of: Callable[[float, int], float], random_start: bool):
@@ -298,7 +276,6 @@ def _pgd_like(loss_fn, alpha_of: Callable[[float, int], float], random_start: bo
     return run
 
 
-
 # --- the registries ----------------------------------------------------------------------------------------------
 _FGSM = _pgd_like(_ce_sum, lambda eps, steps: eps, random_start=False)
 _PGD = _pgd_like(_ce_sum, lambda eps, steps: 2.5 * eps / steps, random_start=True)
@@ -308,12 +285,16 @@ for _stage in (
     Stage("fgsm", PGD_NORMS, True, _fixed(1), _FGSM, "FGSM: one step of size eps from x"),
     Stage("pgd", PGD_NORMS, True, _fixed(20), _PGD, "PGD-20 on cross-entropy, step 2.5*eps/steps, random start"),
     Stage("cw", PGD_NORMS, True, _fixed(30), _CW, "PGD-30 on the CW margin loss max_{j!=y} z_j - z_y"),
-    Stage("apgd-ce", AA_NORMS, True, _reference_apgd, _apgd("ce"), "APGD on cross-entropy (AutoAttack)"),
-    Stage("apgd-dlr", AA_NORMS, True, _reference_apgd, _apgd("dlr"), "APGD on the DLR loss (AutoAttack plus)"),
-    Stage("apgd-t", AA_NORMS, True, _reference_apgd_t, _apgd_t, "targeted APGD-DLR (AutoAttack)"),
-    Stage("fab", AA_NORMS, True, _reference_fab, _fab(False), "untargeted FAB (AutoAttack plus)"),
-    Stage("fab-t", AA_NORMS, True, _reference_fab_t, _fab(True), "targeted FAB (AutoAttack)"),
-    Stage("square", AA_NORMS, False, _reference_square, _square, "Square, black-box (AutoAttack)"),
+    Stage("apgd-ce", AA_NORMS, True, _reference_apgd, _run_reference("apgd", loss="ce"),
+          "APGD on cross-entropy (AutoAttack)"),
+    Stage("apgd-dlr", AA_NORMS, True, _reference_apgd, _run_reference("apgd", loss="dlr"),
+          "APGD on the DLR loss (AutoAttack plus)"),
+    Stage("apgd-t", AA_NORMS, True, _reference_apgd_t, _run_reference("apgd_targeted"),
+          "targeted APGD-DLR (AutoAttack)"),
+    Stage("fab", AA_NORMS, True, _reference_fab, _run_reference("fab", targeted=False),
+          "untargeted FAB (AutoAttack plus)"),
+    Stage("fab-t", AA_NORMS, True, _reference_fab_t, _run_reference("fab", targeted=True), "targeted FAB (AutoAttack)"),
+    Stage("square", AA_NORMS, False, _reference_square, _run_reference("square"), "Square, black-box (AutoAttack)"),
 ):
     STAGES.add(_stage.name, _stage)
 

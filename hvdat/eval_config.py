@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
+
+from .frozen_config import FrozenConfig
 
 
 @dataclass(frozen=True)
-class EvalConfig:
+class EvalConfig(FrozenConfig):
+    MISSING_HINT = "point at the work folder written by `hvdat eval`"
+
     checkpoint: str
     dataset: str
     data_dir: Optional[str]
@@ -30,9 +33,6 @@ class EvalConfig:
     np: int = 1  # for the record
     fingerprint: str = ""  # of what decides the results; a state file with another one is not resumed
 
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def compute_fingerprint(self) -> str:
         """What decides the results (not where they go, nor how many ranks compute them)."""
         keys = ("checkpoint", "dataset", "data_dir", "attack", "version", "eps", "norm", "steps", "restarts",
@@ -41,15 +41,3 @@ class EvalConfig:
         stat = Path(self.checkpoint).stat() if Path(self.checkpoint).exists() else None
         blob += f"|{stat.st_size}|{stat.st_mtime_ns}" if stat else ""
         return hashlib.sha1(blob.encode()).hexdigest()[:16]
-
-    def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-
-    @classmethod
-    def load(cls, path: Path) -> "EvalConfig":
-        values = json.loads(Path(path).read_text())
-        values["eps"] = tuple(values["eps"])
-        return cls(**values)

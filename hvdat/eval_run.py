@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import checkpoint, launch
@@ -19,6 +18,7 @@ from .eval_attacks import EVAL_ATTACKS, make_plan
 from .eval_config import EvalConfig
 from .evaluate import headline
 from .job import raise_for_failure, run_job
+from .progress import EvalProgress
 
 DEFAULT_N_EXAMPLES = 1000  # AutoAttack's README evaluates the first 1000 test points
 EVAL_DIR = "eval"
@@ -110,38 +110,7 @@ def prepare(target: Path, *, attack: str, version: str, eps: str, norm: str, ste
                      n_examples=n_examples, batch_size=batch_size, seed=seed, threads=threads, out=str(out_file),
                      work_dir=str(out_file.with_suffix(".work")), np=np)
     del plan  # validated; the workers rebuild the same plan
-    return EvalConfig(**{**cfg.to_dict(), "fingerprint": cfg.compute_fingerprint()})
-
-
-class EvalProgress:
-    def __init__(self, console: Console):
-        self.console = console
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("examples"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=console, disable=not console.is_terminal)
-        self.task = None
-        self.result: Optional[Dict[str, Any]] = None
-
-    def __enter__(self) -> "EvalProgress":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.progress.__exit__(*exc)
-
-    def handle(self, event: Dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind == "start":
-            self.task = self.progress.add_task("evaluating", total=event["n_examples"],
-                                               completed=event["resumed_examples"])
-            resumed = (f", resuming {event['resumed_examples']} examples from the state file"
-                       if event["resumed_chunks"] else "")
-            self.console.print(f"[dim]{event['world_size']} worker(s), {event['chunks']} chunks, stages: "
-                               f"{', '.join(event['stages']) or 'none'}{resumed}[/]")
-        elif kind == "chunk" and self.task is not None:
-            self.progress.advance(self.task, event["examples"])
-        elif kind == "result":
-            self.result = event
+    return cfg.replace(fingerprint=cfg.compute_fingerprint())
 
 
 def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) -> Dict[str, Any]:

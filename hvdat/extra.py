@@ -11,6 +11,7 @@ The file is an `.npz` with `images` (uint8, N x C x H x W), `labels` (int64, N) 
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Tuple
@@ -19,6 +20,43 @@ import numpy as np
 import torch
 
 from .errors import UsageError
+
+
+_HINT = "write it with `hvdat pseudo-label`; it needs `images` and `labels` arrays"
+_READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
+
+
+def _not_pseudo_labels(path: str, exc: Exception) -> UsageError:
+    return UsageError(f"--extra-data {path} is not a pseudo-label file ({type(exc).__name__}: {exc})", _HINT)
+
+
+def _check(path: str, dtype: np.dtype, image_shape: Tuple[int, ...], labels: np.ndarray,
+           shape: Tuple[int, int, int], num_classes: int) -> None:
+    """The file fits the training data: uint8 images of its shape, one label each, in its classes."""
+    if dtype != np.uint8 or len(image_shape) != 4 or tuple(image_shape[1:]) != tuple(shape):
+        raise UsageError(f"--extra-data {path} holds {dtype} images of shape {tuple(image_shape[1:])}",
+                         f"the training data is uint8 {tuple(shape)}; pseudo-label images of that size")
+    if len(labels) != image_shape[0] or image_shape[0] == 0:
+        raise UsageError(f"--extra-data {path} has {image_shape[0]} images and {len(labels)} labels")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise UsageError(f"--extra-data {path} has labels outside 0..{num_classes - 1}",
+                         "was it labelled by a model of another dataset?")
+
+
+def check_file(path: str, shape: Tuple[int, int, int], num_classes: int) -> None:
+    """`ExtraImages.load`'s checks, for the launcher: the images' dtype and shape come from their .npy header, so
+    no image is read (only the labels, one number an image)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open("images.npy") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            image_shape, _, dtype = read_header(handle)
+        with np.load(path, allow_pickle=False) as blob:
+            labels = blob["labels"]
+    except _READ_ERRORS as exc:
+        raise _not_pseudo_labels(path, exc) from None
+    _check(path, dtype, image_shape, labels, shape, num_classes)
 
 
 @dataclass
@@ -31,17 +69,9 @@ class ExtraImages:
         try:
             with np.load(path, allow_pickle=False) as blob:
                 images, labels = blob["images"], blob["labels"]
-        except (OSError, ValueError, KeyError) as exc:
-            raise UsageError(f"--extra-data {path} is not a pseudo-label file ({type(exc).__name__}: {exc})",
-                             "write it with `hvdat pseudo-label`; it needs `images` and `labels` arrays") from None
-        if images.dtype != np.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != tuple(shape):
-            raise UsageError(f"--extra-data {path} holds {images.dtype} images of shape {tuple(images.shape[1:])}",
-                             f"the training data is uint8 {tuple(shape)}; pseudo-label images of that size")
-        if len(labels) != len(images) or len(images) == 0:
-            raise UsageError(f"--extra-data {path} has {len(images)} images and {len(labels)} labels")
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise UsageError(f"--extra-data {path} has labels outside 0..{num_classes - 1}",
-                             "was it labelled by a model of another dataset?")
+        except _READ_ERRORS as exc:
+            raise _not_pseudo_labels(path, exc) from None
+        _check(path, images.dtype, images.shape, labels, shape, num_classes)
         return cls(torch.from_numpy(images), torch.from_numpy(labels.astype(np.int64)))
 
     def __len__(self) -> int:

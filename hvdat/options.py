@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from typing_extensions import Annotated
@@ -11,6 +13,7 @@ from typing_extensions import Annotated
 from .attacks import ATTACKS
 from .compression import COMPRESSORS
 from .data import DATASETS
+from .launch import LaunchSpec
 from .models import MODELS
 from .optim import OPTIMIZERS
 from .schedule import SCHEDULES
@@ -40,6 +43,8 @@ NetworkInterfaces = Annotated[Optional[str], typer.Option(help="NICs Horovod may
                                                           rich_help_panel=CLUSTER)]
 MpiArgs = Annotated[Optional[str], typer.Option(help="Extra mpirun arguments (with --launcher mpi).",
                                                 rich_help_panel=CLUSTER)]
+Threads = Annotated[int, typer.Option(help="Torch threads per worker (0: cores / workers per host).",
+                                      rich_help_panel=CLUSTER)]
 DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the exact launch command and exit.",
                                       rich_help_panel=CLUSTER)]
 
@@ -61,6 +66,7 @@ SCHEDULE_HELP = f"LR schedule after warm-up: {_names(SCHEDULES)}."
 COMPRESSION_HELP = "Gradient compression: " + "; ".join(
     f"{name}: {COMPRESSORS.get(name).doc}" for name in COMPRESSORS.names())
 
+
 def _eval_attack_help() -> str:
     from .eval_attacks import EVAL_ATTACKS
 
@@ -68,3 +74,30 @@ def _eval_attack_help() -> str:
 
 
 EVAL_ATTACK_HELP = _eval_attack_help()
+
+
+# The options that say where a job runs, in the order `--help` lists them: (parameter, alias, default).
+LAUNCH_OPTIONS = (("np", Np, 1), ("hosts", Hosts, None), ("hostfile", Hostfile, None), ("launcher", Launcher, "gloo"),
+                  ("ssh_port", SshPort, None), ("ssh_identity_file", SshIdentity, None),
+                  ("network_interfaces", NetworkInterfaces, None), ("mpi_args", MpiArgs, None))
+
+
+def launch_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command the LAUNCH_OPTIONS where it has a `spec: LaunchSpec` parameter, and call it with them
+    gathered into that LaunchSpec (paths as strings)."""
+    signature = inspect.signature(command, eval_str=True)
+    params = list(signature.parameters.values())
+    at = [p.name for p in params].index("spec")
+    launch = [inspect.Parameter(name, params[at].kind, default=default, annotation=alias)
+              for name, alias, default in LAUNCH_OPTIONS]
+
+    @functools.wraps(command)
+    def with_spec(**values: Any) -> Any:
+        given = {name: values.pop(name) for name, _, _ in LAUNCH_OPTIONS}
+        for name in ("hostfile", "ssh_identity_file"):
+            given[name] = str(given[name]) if given[name] else None
+        return command(spec=LaunchSpec(**given), **values)
+
+    with_spec.__signature__ = signature.replace(parameters=params[:at] + launch + params[at + 1:])
+    with_spec.__annotations__ = {p.name: p.annotation for p in with_spec.__signature__.parameters.values()}
+    return with_spec

@@ -1,32 +1,50 @@
-"""Rich rendering of worker events at the CLI edge: a live progress bar on a terminal, one line per epoch."""
+"""Rich rendering of worker events at the CLI edge: one kind of live progress bar on a terminal, fed by training
+(with one line per epoch) and by evaluation."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 from rich.table import Table
 
 
-class TrainProgress:
-    def __init__(self, console: Console):
-        self.console = console
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[ips]:,.0f} img/s"),
-            TextColumn("{task.fields[extra]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-            console=console, disable=not console.is_terminal, transient=False)
-        self.task: Optional[int] = None
-        self.start: Dict[str, Any] = {}
-        self.epochs: List[Dict[str, Any]] = []
+def progress_bar(console: Console, *columns: ProgressColumn) -> Progress:
+    """Description, bar, done/total, the caller's own columns, elapsed and remaining time; off when `console` is not
+    a terminal."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), *columns,
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not console.is_terminal)
 
-    def __enter__(self) -> "TrainProgress":
+
+class EventProgress:
+    """A progress bar fed with a job's events (`handle`), live inside a `with` block."""
+
+    def __init__(self, console: Console, *columns: ProgressColumn):
+        self.console = console
+        self.progress = progress_bar(console, *columns)
+        self.task: Optional[int] = None
+
+    def __enter__(self):
         self.progress.__enter__()
         return self
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
+
+    def handle(self, event: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class TrainProgress(EventProgress):
+    def __init__(self, console: Console):
+        super().__init__(
+            console,
+            TextColumn("loss {task.fields[loss]:.3f}  acc {task.fields[acc]:.1%}  {task.fields[ips]:,.0f} img/s"),
+            TextColumn("{task.fields[extra]}"))
+        self.start: Dict[str, Any] = {}
+        self.epochs: List[Dict[str, Any]] = []
 
     def handle(self, event: Dict[str, Any]) -> None:
         kind = event.get("event")
@@ -54,6 +72,26 @@ class TrainProgress:
 def percent(value: Optional[float]) -> str:
     """An accuracy for a table; `-` where it was not measured (--eval-samples 0)."""
     return "-" if value is None else f"{value:.1%}"
+
+
+class EvalProgress(EventProgress):
+    def __init__(self, console: Console):
+        super().__init__(console, TextColumn("examples"))
+        self.result: Optional[Dict[str, Any]] = None
+
+    def handle(self, event: Dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "start":
+            self.task = self.progress.add_task("evaluating", total=event["n_examples"],
+                                               completed=event["resumed_examples"])
+            resumed = (f", resuming {event['resumed_examples']} examples from the state file"
+                       if event["resumed_chunks"] else "")
+            self.console.print(f"[dim]{event['world_size']} worker(s), {event['chunks']} chunks, stages: "
+                               f"{', '.join(event['stages']) or 'none'}{resumed}[/]")
+        elif kind == "chunk" and self.task is not None:
+            self.progress.advance(self.task, event["examples"])
+        elif kind == "result":
+            self.result = event
 
 
 def epochs_table(rows: List[Dict[str, Any]], title: str = "training") -> Table:

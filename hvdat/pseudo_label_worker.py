@@ -7,14 +7,12 @@ files). Images must have the training images' size (no resizing: a silent resize
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -22,6 +20,7 @@ import torch
 from . import checkpoint, events
 from .errors import UsageError
 from .extra import save
+from .worker_main import worker_main
 
 
 def image_files(root: str) -> List[str]:
@@ -105,18 +104,9 @@ def label(job: dict) -> None:
                 checkpoint=job["checkpoint"])
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hvdat.pseudo_label_worker", description=__doc__)
-    parser.add_argument("--config", required=True, type=Path)
-    args = parser.parse_args(argv)
-    try:
-        label(json.loads(args.config.read_text()))
-    except Exception as exc:
-        rank = os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0"))
-        events.emit("error", rank=int(rank), message=f"{type(exc).__name__}: {exc}")
-        traceback.print_exc()
-        return 1
-    return 0
+def main(argv: Optional[List[str]] = None) -> int:
+    return worker_main(lambda path: label(json.loads(path.read_text())), "python -m hvdat.pseudo_label_worker",
+                       __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""The shared `main()` of every worker module (training, elastic training, benchmarks, evaluation): parse
-`--config`, run, and on failure tell the launcher which rank failed and why before exiting 1."""
+"""The shared `main()` of every worker module (training, elastic training, benchmarks, evaluation,
+pseudo-labelling): parse `--config`, run, and on failure tell the launcher which rank failed and why, then exit 1."""
 
 from __future__ import annotations
 

@@ -31,6 +31,16 @@ def test_config_rejects_unknown_keys(tmp_path):
         TrainConfig.load(tmp_path / "config.json")
 
 
+def test_eval_config_round_trips_through_json_and_names_a_missing_file(tmp_path):
+    from hvdat.eval_config import EvalConfig
+
+    cfg = EvalConfig(checkpoint="run/best.pt", dataset="digits", data_dir=None, eps=(1 / 255, 8 / 255), steps=5)
+    cfg.save(tmp_path / "work" / "config.json")
+    assert EvalConfig.load(tmp_path / "work" / "config.json") == cfg
+    with pytest.raises(UsageError, match="no config at"):
+        EvalConfig.load(tmp_path / "missing.json")
+
+
 @pytest.mark.parametrize("change,fragment", [
     ({"arch": "nope"}, "unknown arch"), ({"dataset": "nope"}, "unknown dataset"),
     ({"attack": "nope"}, "unknown attack"), ({"optimizer": "adamw2"}, "unknown optimizer"),

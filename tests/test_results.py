@@ -56,6 +56,29 @@ def test_extra_data_mistakes_are_one_line_errors(tmp_path):
                           "unknown attack 'nope'")
 
 
+def test_extra_data_that_does_not_fit_the_dataset_is_a_one_line_error_before_launch(tmp_path):
+    def npz(name, images, labels=None):
+        arrays = {"images": images} if labels is None else {"images": images, "labels": labels}
+        np.savez(tmp_path / name, **arrays)
+        return tmp_path / name
+
+    digits = ["--dataset", "digits", "--out", tmp_path / "r"]  # 1 x 16 x 16 images, 10 classes
+    ok = np.zeros((4, 1, 16, 16), np.uint8)
+    cases = [(npz("cifar.npz", np.zeros((4, 3, 32, 32), np.uint8), np.zeros(4)), ["(3, 32, 32)", "uint8 (1, 16, 16)"]),
+             (npz("float.npz", ok.astype(np.float32), np.zeros(4)), ["float32 images"]),
+             (npz("labels.npz", ok, np.array([0, 1, 2, 10])), ["labels outside 0..9"]),
+             (npz("few.npz", ok, np.zeros(3)), ["4 images and 3 labels"]),
+             (npz("unlabeled.npz", ok), ["not a pseudo-label file", "labels"]),
+             (tmp_path / "missing.npz", ["does not exist"])]
+    (tmp_path / "empty.npz").write_bytes(b"")
+    cases.append((tmp_path / "empty.npz", ["not a pseudo-label file"]))
+    for path, fragments in cases:
+        proc = run_hvdat("train", *digits, "--extra-data", path)
+        assert_one_line_error(proc, "--extra-data", *fragments)
+        assert not (tmp_path / "r" / "logs").exists()  # nothing was launched
+    run_hvdat("train", *digits, "--extra-data", npz("fits.npz", ok, np.arange(4)), "--dry-run", check=True)
+
+
 def test_collapse_guard_rolls_back_and_switches_to_pgd(tmp_path):
     from hvdat.config import TrainConfig
 
