@@ -18,5 +18,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# Every table of docs/RESULTS.md, in order (about 1.5 h on 2 cores; each writes docs/results/NAME.json and .png).
 bench: install
 	$(PY) bench/train_step.py
+	$(PY) bench/scaling.py
+	$(PY) bench/compression.py --bandwidth 1gbit
+	$(PY) bench/methods.py
+	$(PY) bench/co_guard.py
+	$(PY) bench/co_guard.py --dataset digits --eps 0.15 --lr 0.1 --epochs 15 --batch-size 64 --n-eval 360 \
+	    --out docs/results/co-digits
+	$(PY) bench/unlabeled.py

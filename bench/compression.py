@@ -4,7 +4,7 @@ Reports clean and PGD-20 accuracy, gradient bytes per step and worker (counted e
 time without shaping and, with --bandwidth (e.g. 1gbit; needs root and iproute2), with the two workers' link shaped
 by `tc tbf` in a fresh network namespace (the same one `hvdat bench comm` uses).
 
-    python bench/compression.py [--train-samples 5000] [--epochs 3] [--bandwidth 1gbit] [--smoke]
+    python bench/compression.py [--train-samples 10000] [--epochs 3] [--bandwidth 1gbit] [--smoke]
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def step_seconds(summary) -> float:
 
 def main() -> None:
     p = common.parser(__doc__)
-    p.add_argument("--train-samples", type=int, default=5000)
+    p.add_argument("--train-samples", type=int, default=10000)
     p.add_argument("--test-samples", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128, help="per worker")

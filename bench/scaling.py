@@ -5,7 +5,7 @@ Reports training images/s (all workers), scaling efficiency = (images/s on 2) / 
 PGD-20 accuracy on the first --n-eval test images. On a 2-core machine two workers share the cores one worker uses,
 so the efficiency measures Horovod's overhead at equal compute, not added hardware.
 
-    python bench/scaling.py [--train-samples 5000] [--epochs 3] [--smoke]
+    python bench/scaling.py [--train-samples 10000] [--epochs 4] [--smoke]
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ SETUPS = (("1 worker, sgd", 1, ["--optimizer", "sgd", "--lr-scaling", "none"]),
 
 def main() -> None:
     p = common.parser(__doc__)
-    p.add_argument("--train-samples", type=int, default=5000)
+    p.add_argument("--train-samples", type=int, default=10000)
     p.add_argument("--test-samples", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--batch-size", type=int, default=128, help="per worker")
     p.add_argument("--attack", default="fgsm-rs")
     p.add_argument("--n-eval", type=int, default=1000)

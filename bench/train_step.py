@@ -7,7 +7,7 @@ baseline is the textbook loop below. Runs alternate and the medians are compared
 FGSM-RS against natural training is measured the same way (both through `hvdat train`): an FGSM-RS step is one
 attack forward+backward plus the training forward+backward, so its ideal images/s ratio to natural training is 0.5.
 
-    python bench/train_step.py [--arch small-cnn] [--batch-size 128] [--samples 2048] [--repeats 3] [--out DIR]
+    python bench/train_step.py [--arch small-cnn] [--batch-size 128] [--samples 2048] [--repeats 5] [--out DIR]
                                [--smoke]
 """
 
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--attack", default="pgd")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "results", help="train_step.json/.png go here")
     parser.add_argument("--smoke", action="store_true", help="tiny: 1 repeat of 128 images")

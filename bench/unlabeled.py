@@ -39,7 +39,7 @@ def main() -> None:
     p.add_argument("--unlabeled", type=int, default=40000)
     p.add_argument("--test-samples", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--teacher-epochs", type=int, default=10)
+    p.add_argument("--teacher-epochs", type=int, default=15)
     p.add_argument("--attack", default="fgsm-rs")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--extra-fraction", type=float, default=0.5)
@@ -51,7 +51,7 @@ def main() -> None:
     data = common.data_args(args, args.labeled, args.test_samples)
     teacher = common.train(args.out / "runs" / "unlabeled-teacher", *data, "--attack", "none", "--epochs",
                            args.teacher_epochs, "--batch-size", args.batch_size, "--eval-samples", 0)
-    teacher_eval = common.evaluate(args.out / "runs" / "unlabeled-teacher", "pgd", args.n_eval, steps=1)
+    teacher_eval = common.evaluate(args.out / "runs" / "unlabeled-teacher", "clean", args.n_eval)
     with tempfile.TemporaryDirectory(prefix="hvdat-unlabeled-") as tmp:
         n_unlabeled = unlabeled_folder(Path(args.data_dir), args.labeled, args.unlabeled, Path(tmp) / "images")
         extra = args.out / "runs" / "unlabeled-extra.npz"
