@@ -33,7 +33,8 @@ STATE_DIR = "state"
 
 class ChunkStore:
     """Finished chunks as JSON lines, one file per rank (`state/rank-R.jsonl`), headed by the fingerprint of
-    the settings. Any rank reads every file it can see, so a resumed run may use another --np."""
+    the settings. Every rank reads every file it can see and the ranks pool what they found, so a resumed run
+    may use another --np and needs no shared filesystem."""
 
     def __init__(self, work_dir: Path, fingerprint: str, rank: int):
         self.dir = Path(work_dir) / STATE_DIR
@@ -108,7 +109,10 @@ def evaluate(cfg: EvalConfig) -> None:
     bounds = chunk_bounds(cfg.n_examples, cfg.batch_size)
     mine = chunks_of_rank(len(bounds), rank, size)
     store = ChunkStore(Path(cfg.work_dir), cfg.fingerprint, rank)
+    time.sleep(8 if rank == 0 else 0)
     done = store.load()
+    if size > 1:  # every rank reads before any writes (a fast rank's new chunk is not "resumed"); no shared FS needed
+        done = {c: r for part in hvd.allgather_object(done, name="eval.resumed") for c, r in part.items()}
     store.open()
     runners = [StageRunner(model, plan, eps, cfg.seed, device) for eps in cfg.eps]
     resumed = sum(1 for c in range(len(bounds)) if c in done)
