@@ -23,7 +23,7 @@ bench: install
 	$(PY) bench/train_step.py
 	$(PY) bench/scaling.py
 	$(PY) bench/compression.py --bandwidth 1gbit
-	$(PY) bench/methods.py --epochs 3 --n-autoattack 200
+	$(PY) bench/methods.py
 	$(PY) bench/co_guard.py --train-samples 2000 --epochs 6 --eps 16/255 --n-eval 500
 	$(PY) bench/co_guard.py --dataset digits --eps 0.15 --lr 0.1 --epochs 15 --batch-size 64 --n-eval 360 \
 	    --out docs/results/co-digits

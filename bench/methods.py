@@ -3,7 +3,7 @@
 Reports test clean accuracy, PGD-20 (with restarts) and AutoAttack robust accuracy on the first --n-eval test images,
 and the wall time of each `hvdat train`.
 
-    python bench/methods.py [--train-samples 5000] [--epochs 5] [--n-eval 1000] [--smoke]
+    python bench/methods.py [--train-samples 5000] [--epochs 3] [--n-eval 1000] [--n-autoattack 1000] [--smoke]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--train-samples", type=int, default=5000)
     p.add_argument("--test-samples", type=int, default=1000)
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--n-eval", type=int, default=1000)
