@@ -2,8 +2,8 @@
 `horovodrun --min-np N --max-np M --host-discovery-script S`.
 
 Drives the same `Trainer` as hvdat.worker inside `@hvd.elastic.run`. A `hvd.elastic.TorchState` holds the model,
-the optimizer, an `ElasticSampler` (which samples of the epoch are done) and the position (epoch, batch, step,
-partial sums); it is committed every `commit_every` batches and after each epoch. When a worker dies the others
+the optimizer, an `ElasticSampler` (which samples of the epoch are done), a stateful compressor's per-rank state
+(ef-sign's residuals, kept on their rank: hvdat.rank_state) and the position (epoch, batch, step, partial sums); it is committed every `commit_every` batches and after each epoch. When a worker dies the others
 get a HorovodInternalError, roll back to the last commit, re-form without it, and continue: at most
 `commit_every` batches are redone.
 """
@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import List, Optional
 
-from . import events
+from . import events, rank_state
 from .config import TrainConfig
 from .schedule import scale_factor
 from .worker import Context, Trainer
@@ -48,8 +48,12 @@ class ElasticTrainer(Trainer):
 def train(cfg: TrainConfig) -> None:
     trainer = ElasticTrainer(cfg)
     hvd = trainer.hvd
+    per_rank = {}
+    if rank_state.has_rank_state(trainer.compressor):
+        rank_state.register(trainer.compressor)
+        per_rank["compression"] = trainer.compressor
     state = hvd.elastic.TorchState(model=trainer.model, optimizer=trainer.optimizer, sampler=trainer.sampler,
-                                   **{name: getattr(trainer, name) for name in POSITION})
+                                   **per_rank, **{name: getattr(trainer, name) for name in POSITION})
 
     def on_reset() -> None:
         trainer.resized()

@@ -15,10 +15,9 @@ from hvdat.compression import COMPRESSORS, wire_bytes
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
 
-def horovod_job(np_: int, *args: str) -> list:
+def horovod_job(np_: int, *args: str, script: str = "hvd_compression_job.py") -> list:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    proc = subprocess.run([HOROVODRUN, "-np", str(np_), "--gloo", sys.executable, str(REPO / "tests" /
-                                                                                      "hvd_compression_job.py"),
+    proc = subprocess.run([HOROVODRUN, "-np", str(np_), "--gloo", sys.executable, str(REPO / "tests" / script),
                            *args], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads(line.split("@@result ", 1)[1]) for line in proc.stdout.splitlines() if "@@result " in line]
@@ -63,3 +62,14 @@ def test_train_ef_sign_on_three_ranks_reports_bytes_and_resumes_its_residuals(tm
     assert params <= sum(numels)
     run_hvdat(*common, "--epochs", "2", "--resume", check=True)
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
+
+
+def test_ef_sign_residuals_stay_on_their_rank_in_the_elastic_state():
+    """hvdat.rank_state in a real TorchState on 2 ranks: a rollback restores the residuals of the last commit,
+    re-forming keeps each rank's own (TorchState alone would broadcast rank 0's), and a worker that joins with none
+    takes those of the ranks that have them."""
+    results = horovod_job(2, script="hvd_rank_state_job.py")
+    assert sorted(r["rank"] for r in results) == [0, 1]
+    for result in results:
+        assert result["moved"] and result["restored"] and result["kept_own"] and result["ranks_differ"], result
+        assert result["joined_takes_rank0"], result

@@ -1,4 +1,5 @@
-"""Elastic training on this machine: 3 workers under three names for it, one SIGKILLed mid-epoch, 2 finish."""
+"""Elastic training on this machine: 3 workers under three names for it, one SIGKILLed mid-epoch, 2 finish. The job
+uses ef-sign, whose per-rank residuals travel in the elastic state (hvdat.rank_state)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def discovery(tmp_path):
 def _elastic_args(discovery, out):
     return ["train", "--min-np", "2", "--max-np", "3", "--np", "3", "--host-discovery-script", str(discovery),
             "--network-interfaces", "lo", *QUICK, "--epochs", "2", "--batch-size", "16", "--threads", "1",
-            "--commit-every", str(COMMIT_EVERY), "--out", str(out)]
+            "--commit-every", str(COMMIT_EVERY), "--compression", "ef-sign", "--out", str(out)]
 
 
 def test_dry_run_builds_an_elastic_gloo_command(discovery, tmp_path):
