@@ -3,7 +3,8 @@
 
 Drives the same `Trainer` as hvdat.worker inside `@hvd.elastic.run`. A `hvd.elastic.TorchState` holds the model,
 the optimizer, an `ElasticSampler` (which samples of the epoch are done), a stateful compressor's per-rank state
-(ef-sign's residuals, kept on their rank: hvdat.rank_state) and the position (epoch, batch, step, partial sums); it is committed every `commit_every` batches and after each epoch. When a worker dies the others
+(ef-sign's residuals, kept on their rank: hvdat.rank_state) and the position (epoch, batch, step, partial sums);
+it is committed every `commit_every` batches and after each epoch. When a worker dies the others
 get a HorovodInternalError, roll back to the last commit, re-form without it, and continue: at most
 `commit_every` batches are redone.
 """

@@ -109,7 +109,6 @@ def evaluate(cfg: EvalConfig) -> None:
     bounds = chunk_bounds(cfg.n_examples, cfg.batch_size)
     mine = chunks_of_rank(len(bounds), rank, size)
     store = ChunkStore(Path(cfg.work_dir), cfg.fingerprint, rank)
-    time.sleep(8 if rank == 0 else 0)
     done = store.load()
     if size > 1:  # every rank reads before any writes (a fast rank's new chunk is not "resumed"); no shared FS needed
         done = {c: r for part in hvd.allgather_object(done, name="eval.resumed") for c, r in part.items()}

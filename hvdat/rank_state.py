@@ -4,8 +4,9 @@
 model and optimizer but wrong for residuals: each worker's is its own untransmitted part of the update. This
 handler keeps them on their rank instead. `save` (at each commit) snapshots them, `restore` (after a worker
 failure) rolls them back with the model to the last commit, and `sync` (after the ring re-forms) pools every
-rank's snapshot and lets the object choose with `load_rank_states`: the same number of workers, each keeps its
-own; otherwise each takes their mean, which keeps the untransmitted part of the averaged update.
+rank's snapshot and lets the object choose with `load_rank_states`: if every worker has one (a worker left),
+each keeps its own; otherwise (a worker joined) all take the mean of those there are, which keeps the
+untransmitted part of the averaged update.
 """
 
 from __future__ import annotations
