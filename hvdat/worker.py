@@ -45,12 +45,13 @@ def seed_for(*parts: int) -> int:
     return value
 
 
-def batches(dataset, indices: List[int], batch_size: int, device: torch.device,
-            num_workers: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Full batches of the given indices. In-memory data is sliced directly (from pinned memory when the trainer
-    pinned it); folders go through a DataLoader with pinned memory on CUDA."""
-    usable = len(indices) - len(indices) % batch_size if len(indices) >= batch_size else len(indices)
-    indices = indices[:usable]
+def batches(dataset, indices: List[int], batch_size: int, device: torch.device, num_workers: int,
+            full_only: bool = True) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of the given indices: only full ones for training (every rank takes the same number of steps),
+    all of them for evaluation (`full_only=False`). In-memory data is sliced directly (from pinned memory when
+    the trainer pinned it); folders go through a DataLoader with pinned memory on CUDA."""
+    if full_only and len(indices) >= batch_size:
+        indices = indices[:len(indices) - len(indices) % batch_size]
     if isinstance(dataset, UInt8Images):
         order = torch.tensor(indices, dtype=torch.long)
         for start in range(0, len(order), batch_size):
@@ -88,22 +89,23 @@ def evaluate(ctx: Context, model, splits: Splits, epoch: int) -> Dict[str, float
     clean_idx = list(range(ctx.rank, len(test), ctx.size))
     robust_n = min(cfg.eval_samples, len(test)) if cfg.eval_samples else 0
     robust_idx = list(range(ctx.rank, robust_n, ctx.size))
-    bs = max(cfg.batch_size, 64)
+    bs, loaders = max(cfg.batch_size, 64), 0 if isinstance(test, UInt8Images) else 4
     correct = total = robust_correct = robust_total = 0
     with torch.no_grad():
-        for x, y in batches(test, clean_idx, bs, ctx.device, 0 if isinstance(test, UInt8Images) else 4):
+        for x, y in batches(test, clean_idx, bs, ctx.device, loaders, full_only=False):
             correct += (model(x).argmax(1) == y).sum().item()
             total += len(y)
     generator = torch.Generator(ctx.device).manual_seed(seed_for(cfg.seed, ctx.rank, 1_000_003))
     alpha = 2.5 * cfg.eps / cfg.eval_steps
-    for x, y in batches(test, robust_idx, bs, ctx.device, 0 if isinstance(test, UInt8Images) else 4):
+    for x, y in batches(test, robust_idx, bs, ctx.device, loaders, full_only=False):
         x_adv = pgd(model, x, y, eps=cfg.eps, alpha=alpha, steps=cfg.eval_steps, norm=cfg.norm, generator=generator)
         with torch.no_grad():
             robust_correct += (model(x_adv).argmax(1) == y).sum().item()
         robust_total += len(y)
     correct, total, robust_correct, robust_total = ctx.allreduce_sum([correct, total, robust_correct, robust_total])
     return {"test_clean_acc": correct / max(total, 1),
-            "test_robust_acc": robust_correct / robust_total if robust_total else None}  # None: JSON null, not NaN
+            "test_robust_acc": robust_correct / robust_total if robust_total else None,  # None: JSON null, not NaN
+            "test_clean_examples": int(total), "test_robust_examples": int(robust_total)}
 
 
 def distributed_optimizer(hvd, optimizer, model, compressor):

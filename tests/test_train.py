@@ -31,6 +31,8 @@ def test_two_workers_match_one_worker_with_the_same_global_batch(tmp_path):
     assert robust1 > 0.5 and robust2 > 0.5, (robust1, robust2)  # chance is 0.1
     assert abs(robust1 - robust2) < 0.1, (robust1, robust2)
     assert m2[-1]["test_clean_acc"] > 0.85
+    # every test image is scored, the last partial batch of each rank's shard included (180 = 2 x 64 + 52)
+    assert all(row["test_clean_examples"] == row["test_robust_examples"] == 360 for row in m1 + m2)
     for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
         assert (tmp_path / "two" / name).is_file()
     assert "epoch" in two.stderr and "robust" in two.stderr  # the per-epoch progress lines
