@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -32,12 +32,14 @@ def image_files(root: str) -> List[str]:
     return sorted(found)
 
 
-def decode(files: List[str], channels: int) -> np.ndarray:
+def decode(files: List[str], shape: Tuple[int, int, int]) -> np.ndarray:
+    """uint8 images (N, C, H, W); a rank with no files gets an empty array of the model's shape, so the
+    allgather of images still matches."""
     from concurrent.futures import ThreadPoolExecutor
 
     from PIL import Image
 
-    mode = "L" if channels == 1 else "RGB"
+    mode = "L" if shape[0] == 1 else "RGB"
 
     def read(path: str) -> np.ndarray:
         with Image.open(path) as image:
@@ -46,7 +48,7 @@ def decode(files: List[str], channels: int) -> np.ndarray:
     with ThreadPoolExecutor(max_workers=2) as pool:
         arrays = list(pool.map(read, files, chunksize=64))
     if not arrays:
-        return np.zeros((0, channels, 1, 1), dtype=np.uint8)
+        return np.zeros((0, *shape), dtype=np.uint8)
     images = np.stack(arrays)
     return images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2).copy()
 
@@ -72,7 +74,7 @@ def label(job: dict) -> None:
         raise UsageError(f"no images under {job['data_dir']}")
     start = time.perf_counter()
     mine = list(range(rank, len(files), size))
-    images = decode([files[i] for i in mine], shape[0])
+    images = decode([files[i] for i in mine], shape)
     if len(images) and tuple(images.shape[1:]) != shape:
         raise UsageError(f"images under {job['data_dir']} are {tuple(images.shape[1:])}, the model takes {shape}")
     labels, confidence = [], []

@@ -38,6 +38,11 @@ def test_pseudo_label_is_sharded_and_mixed_into_batches(tmp_path, cifar_dir, unl
     assert a["images"].shape == (40, 3, 32, 32) and a["images"].dtype == np.uint8
     assert list(a["files"]) == sorted(a["files"]) and list(a["files"]) == list(b["files"])
     assert (a["labels"] == b["labels"]).all() and np.allclose(a["confidence"], b["confidence"], atol=1e-5)
+    # fewer images than ranks: rank 1 has none, and the gather still works
+    run_hvdat("pseudo-label", "--model", tmp_path / "teacher", "--data-dir", unlabeled, "--out",
+              tmp_path / "single.npz", "--np", "2", "--limit", "1", check=True)
+    single = np.load(tmp_path / "single.npz")
+    assert list(single["files"]) == list(a["files"][:1]) and (single["labels"] == a["labels"][:1]).all()
     run_hvdat("train", *cifar, "--attack", "fgsm-rs", "--np", "2", "--extra-data", tmp_path / "two.npz",
               "--extra-fraction", "0.5", "--out", tmp_path / "student", check=True)
     run_hvdat("train", *cifar, "--attack", "fgsm-rs", "--np", "2", "--out", tmp_path / "alone", check=True)
