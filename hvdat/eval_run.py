@@ -129,9 +129,11 @@ def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) 
         "perturbation_ok": top["perturbation_ok"], "pixel_range": top["pixel_range"], "sanity": top["sanity"],
         "departures": plan["departures"], "settings": plan["settings"],
         "seconds": summary["seconds"], "wall_seconds": wall_seconds,
-        "examples_per_second": summary["n_examples"] / max(summary["seconds"], 1e-9),
+        # this run's examples only: resumed chunks cost nothing now
+        "examples_per_second": (summary["n_examples"] - summary["resumed_examples"]) / max(summary["seconds"], 1e-9),
         "world_size": summary["world_size"], "threads": summary["threads"], "rank_seconds": summary["rank_seconds"],
         "seed": cfg.seed, "batch_size": cfg.batch_size, "resumed_chunks": summary["resumed_chunks"],
+        "resumed_examples": summary["resumed_examples"],
         "sweep": summary["sweep"], "examples": per_example,
     }
 

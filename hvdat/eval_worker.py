@@ -63,6 +63,9 @@ class ChunkStore:
             first = self.path.read_text().split("\n", 1)[0]
             try:
                 if json.loads(first).get("fingerprint") == self.fingerprint:
+                    text = self.path.read_text()  # drop a last line cut short by a kill, or the next append joins it
+                    if not text.endswith("\n"):
+                        self.path.write_text(text[:text.rfind("\n") + 1])
                     return
             except json.JSONDecodeError:
                 pass
@@ -115,10 +118,10 @@ def evaluate(cfg: EvalConfig) -> None:
     store.open()
     runners = [StageRunner(model, plan, eps, cfg.seed, device) for eps in cfg.eps]
     resumed = sum(1 for c in range(len(bounds)) if c in done)
+    resumed_examples = sum(bounds[c][1] - bounds[c][0] for c in done if c < len(bounds))
     if rank == 0:
         events.emit("start", n_examples=cfg.n_examples, chunks=len(bounds), world_size=size, stages=list(plan.stages),
-                    resumed_chunks=resumed, resumed_examples=sum(bounds[c][1] - bounds[c][0] for c in done
-                                                                 if c < len(bounds)))
+                    resumed_chunks=resumed, resumed_examples=resumed_examples)
     start = time.perf_counter()
     results: List[ChunkResult] = []
     for c in mine:
@@ -141,7 +144,7 @@ def evaluate(cfg: EvalConfig) -> None:
         summary = summarise([r for part in gathered for r in part], plan, cfg.eps)
         summary.update(seconds=time.perf_counter() - start, rank_seconds=rank_seconds, world_size=size,
                        plan=plan.to_dict(), num_classes=state["num_classes"], arch=state["arch"],
-                       threads=torch.get_num_threads(), resumed_chunks=resumed)
+                       threads=torch.get_num_threads(), resumed_chunks=resumed, resumed_examples=resumed_examples)
         events.emit("result", **summary)
 
 

@@ -64,7 +64,7 @@ def evaluate_chunk(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pla
     """Clean predictions, then for each eps (one runner each) the cascade over the still-robust points."""
     with torch.no_grad():
         logits = model(x)
-        randomized = not torch.equal(logits, model(x))  # AutoAttack's check_randomized, on exact equality
+        randomized = _differ(logits, model(x))
     clean_pred = logits.argmax(1)
     results = []
     for runner in runners:
@@ -74,12 +74,19 @@ def evaluate_chunk(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, pla
     return clean_pred.tolist(), results, randomized
 
 
+def _differ(a: torch.Tensor, b: torch.Tensor, alpha: float = 1e-4) -> bool:
+    """AutoAttack's check_randomized: two passes differ if their L2-normalised outputs are more than alpha apart
+    (a tolerance, not exact equality: GPU kernels need not be bit-deterministic)."""
+    a, b = (t.float() / (t.float().norm(dim=1, keepdim=True) + 1e-10) for t in (a, b))
+    return bool(((a - b).norm(dim=1) > alpha).any())
+
+
 def _cascade(model, x, y, clean_pred, plan: Plan, runner: StageRunner, generator) -> EpsResult:
     n_stages = len(plan.stages)
     robust = clean_pred == y
     broken_by = torch.where(robust, n_stages, -1)
     adv_pred = clean_pred.clone()
-    perturbation = torch.zeros(len(y), dtype=torch.float64)
+    perturbation = torch.zeros(len(y), dtype=torch.float64, device=y.device)  # indexed with on-device masks
     result = EpsResult([], [], [])
     runner.curve = {}
     for k, stage in enumerate(plan.stages):

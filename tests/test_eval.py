@@ -124,10 +124,40 @@ def test_a_killed_evaluation_resumes_from_its_state_file(plain_run, tmp_path):
     (work / "state" / "rank-0.jsonl").write_text(json.dumps({"fingerprint": fingerprint}) + "\n"
                                                  + json.dumps(chunk0) + "\n")
     resumed = _file(_eval(plain_run, *args, "--np", "2"), out)
-    assert resumed["resumed_chunks"] == 1
+    assert resumed["resumed_chunks"] == 1 and resumed["resumed_examples"] == 16
     assert resumed["examples"]["by_eps"][0]["broken_by"][:16] == ["pgd"] * 16  # taken from the state, not redone
     for key in ("broken_by", "adv_pred", "perturbation"):
         assert resumed["examples"]["by_eps"][0][key][16:] == first["examples"]["by_eps"][0][key][16:]
+
+
+def test_a_line_cut_short_by_a_kill_does_not_swallow_the_next_chunk(tmp_path):
+    from hvdat.eval_worker import ChunkStore
+    from hvdat.evaluate import ChunkResult, EpsResult
+
+    def chunk(c):
+        return ChunkResult(c, [c], [1], [1], [EpsResult([0], [2], [0.1])], False, 1.0)
+
+    store = ChunkStore(tmp_path, "fp", 0)
+    store.open()
+    store.append(chunk(0))
+    with open(store.path, "a") as handle:
+        handle.write('{"chunk": 1, "indi')  # the kill came mid-write
+    resumed = ChunkStore(tmp_path, "fp", 0)
+    assert list(resumed.load()) == [0]
+    resumed.open()
+    resumed.append(chunk(1))
+    assert sorted(ChunkStore(tmp_path, "fp", 0).load()) == [0, 1]
+
+
+def test_randomized_check_has_the_reference_tolerance():
+    from hvdat.evaluate import _differ
+
+    logits = torch.randn(8, 10)
+    assert not _differ(logits, logits + 1e-7)  # nondeterministic GPU kernels: not a randomized defence
+    assert _differ(logits, logits + 0.1 * torch.randn(8, 10))
+    dropout = torch.nn.Dropout(0.5).train()
+    x = torch.ones(4, 10)
+    assert _differ(dropout(x), dropout(x))
 
 
 def test_faithful_to_the_reference_autoattack_on_a_chunk(plain_run):
