@@ -149,14 +149,14 @@ def _digits(data_dir, train_samples, test_samples) -> Splits:
 # --- synthetic: for benchmarks ------------------------------------------------------------------------------------
 @dataset("synthetic", needs_dir=False, doc="random 3x32x32 images in 10 classes, for benchmarks")
 def _synthetic(data_dir, train_samples, test_samples) -> Splits:
-    generator = torch.Generator().manual_seed(0)
     n_train, n_test = train_samples or 4096, test_samples or 512
 
-    def make(n):
+    def make(n, seed):  # one generator per split: the test split does not depend on --train-samples
+        generator = torch.Generator().manual_seed(seed)
         images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator)
         return UInt8Images(images, torch.randint(0, 10, (n,), generator=generator))
 
-    return Splits(make(n_train), make(n_test), 10, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, crop_flip())
+    return Splits(make(n_train, 0), make(n_test, 1), 10, (3, 32, 32), CIFAR_MEAN, CIFAR_STD, crop_flip())
 
 
 # --- ImageFolder layouts ----------------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ def test_subsets_are_fixed():
 def test_datasets_without_a_directory_load(name):
     splits = load_splits(name, None, train_samples=64, test_samples=32)
     assert len(splits.train) == 64 and len(splits.test) == 32
+    # hvdat eval loads with train_samples=1: it must see the test split the training run saw
+    evaluated = load_splits(name, None, train_samples=1, test_samples=32).test
+    assert torch.equal(evaluated.images, splits.test.images) and torch.equal(evaluated.labels, splits.test.labels)
 
 
 def test_real_cifar10_in_imagefolder_layout(cifar_dir, tmp_path, monkeypatch):
