@@ -337,7 +337,8 @@ class Trainer:
         self.gather_compression_state()
         if self.rank != 0:
             return
-        robust = metrics["test_robust_acc"]
+        # a collapsed epoch's weights were discarded (the guard rolled back): its accuracy cannot choose best.pt
+        robust = None if metrics.get("co_guard_collapsed") else metrics["test_robust_acc"]
         improved = robust is not None and robust > self.best
         self.best = max(self.best, robust) if robust is not None else self.best
         self.save(improved)

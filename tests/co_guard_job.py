@@ -1,5 +1,6 @@
 """Run `hvdat.worker` with the collapse guard's PGD check scripted (CO cannot be provoked in seconds): the check
-accuracies come from HVDAT_TEST_CHECKS, comma-separated, one per epoch record."""
+accuracies come from HVDAT_TEST_CHECKS, comma-separated, one per epoch record (and, if set, the per-epoch test
+PGD accuracies from HVDAT_TEST_ROBUST)."""
 
 import os
 import sys
@@ -8,4 +9,8 @@ from hvdat import co_guard, worker
 
 checks = [float(v) for v in os.environ["HVDAT_TEST_CHECKS"].split(",")]
 co_guard.CollapseGuard.check_accuracy = lambda self: checks.pop(0)
+robust = [float(v) for v in os.environ.get("HVDAT_TEST_ROBUST", "").split(",") if v]
+if robust:  # the per-epoch test PGD accuracy, scripted too
+    measured = worker.evaluate
+    worker.evaluate = lambda *args: {**measured(*args), "test_robust_acc": robust.pop(0)}
 sys.exit(worker.main(sys.argv[1:]))

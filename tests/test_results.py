@@ -90,7 +90,9 @@ def test_collapse_guard_rolls_back_and_switches_to_pgd(tmp_path):
     cfg = TrainConfig(dataset="digits", eps=0.1, attack="fgsm", epochs=3, batch_size=64, eval_samples=32,
                       eval_steps=2, co_guard=True, co_guard_steps=2, out=str(tmp_path / "run"))
     cfg.save(tmp_path / "run" / "config.json")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HVDAT_TEST_CHECKS": "0.4,0.5,0.1,0.45,0.5"}
+    # the collapsed epoch scores best on the test set: it must not become best.pt (its weights were discarded)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HVDAT_TEST_CHECKS": "0.4,0.5,0.1,0.45,0.5",
+           "HVDAT_TEST_ROBUST": "0.2,0.3,0.9,0.35,0.4"}
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "co_guard_job.py"), "--config",
                            str(tmp_path / "run" / "config.json")], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -102,6 +104,8 @@ def test_collapse_guard_rolls_back_and_switches_to_pgd(tmp_path):
     assert [r["attack"] for r in rows] == ["fgsm", "fgsm", "fgsm", "pgd"]
     state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
     assert state["attack"]["name"] == "pgd" and state["attack"]["params"]["steps"] == 2 and state["epoch"] == 3
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["epoch"] == 3 and best["attack"]["name"] == "pgd" and best["best_robust_acc"] == 0.35
 
 
 def test_fast_path_flags_train_correctly_on_cpu(tmp_path, cifar_dir):
