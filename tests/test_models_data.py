@@ -1,5 +1,8 @@
 """Every registered model and dataset works; normalisation lives in the model; real CIFAR-10 loads."""
 
+import os
+import shutil
+
 import pytest
 import torch
 
@@ -58,6 +61,22 @@ def test_real_cifar10_in_imagefolder_layout(cifar_dir, tmp_path, monkeypatch):
     assert list(tmp_path.glob("folder-*.pt")), "decoded images are cached for the next run"
     again = load_splits("imagefolder", str(cifar_dir), train_samples=300, test_samples=100)
     assert torch.equal(again.train.images, splits.train.images)
+
+
+def test_the_decode_cache_sees_an_image_replaced_in_place(cifar_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HVDAT_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (data / split / cls).mkdir(parents=True)
+            for name in sorted(os.listdir(cifar_dir / "test" / cls))[:3]:
+                shutil.copy(cifar_dir / "test" / cls / name, data / split / cls / name)
+    before = load_splits("imagefolder", str(data), 0, 0).train
+    victim = sorted((data / "train" / "cat").iterdir())[0]
+    shutil.copy(sorted((cifar_dir / "test" / "ship").iterdir())[0], victim)  # same name, other pixels
+    after = load_splits("imagefolder", str(data), 0, 0).train
+    assert not torch.equal(before.images, after.images)
+    assert len(list((tmp_path / "cache").glob("folder-*.pt"))) == 3  # train before/after, test
 
 
 def _write_cifar10_release(cifar_dir, root, per_batch: int = 4):
