@@ -67,8 +67,9 @@ class Lamb(torch.optim.Optimizer):
                 update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt_().add_(group["eps"]))
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
-                ratio = _trust_ratio(p, update, group["max_trust"]) if group["adapt"] else 1.0
-                p.add_(update, alpha=-group["lr"] * ratio)
+                if group["adapt"]:  # a tensor multiply: no host sync per parameter on a GPU
+                    update.mul_(_trust_ratio(p, update, group["max_trust"]))
+                p.add_(update, alpha=-group["lr"])
         return loss
 
 
