@@ -120,6 +120,10 @@ class TrainConfig(FrozenConfig):
         if self.compression == "ef-sign" and self.optimizer != "sgd":  # it sends each worker's SGD update
             raise UsageError(f"--compression ef-sign needs --optimizer sgd, not {self.optimizer}",
                              "use --optimizer sgd, or --compression sign/natural")
+        if self.compression == "ef-sign" and self.amp == "fp16":  # its residuals would hold loss-scaled values
+            raise UsageError("--compression ef-sign cannot run under --amp fp16: it folds gradients into its "
+                             "error feedback before the GradScaler unscales them",
+                             "use --amp bf16 (no loss scaling), or --compression sign/natural")
         SCHEDULES.get(self.schedule)
         if self.norm not in spec.norms:
             raise UsageError(f"attack {self.attack!r} does not support norm {self.norm!r}",

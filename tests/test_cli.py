@@ -46,6 +46,7 @@ def test_dry_run_prints_the_exact_horovodrun_command(tmp_path):
     (["--dataset", "imagenet"], ["needs --data-dir"]),
     (["--np", "2", "-H", "bad;host:2"], ["invalid host name"]),
     (["--optimizer", "adam9"], ["unknown optimizer", "lamb"]),
+    (["--compression", "ef-sign", "--amp", "fp16"], ["ef-sign cannot run under --amp fp16", "--amp bf16"]),
     (["--epochs", "x"], ["Invalid value for '--epochs'"]),
 ])
 def test_bad_input_is_one_clear_line(args, fragments, tmp_path):

@@ -128,7 +128,8 @@ class EFSignCompressor:
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, torch.Tensor]:
         state = {name: residual.clone() for name, residual in self.residuals.items()}
-        state.update({MOMENTUM + name: buffer.clone() for name, buffer in self.momentum.items()})
+        # on the host: checkpoints and the allgathers of rank states must not carry CUDA tensors of other GPUs
+        state.update({MOMENTUM + name: buffer.detach().cpu().clone() for name, buffer in self.momentum.items()})
         return state
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:

@@ -76,6 +76,8 @@ def local_sgd_update(p: torch.Tensor, group: dict, buffers: dict, name: str) -> 
         if buffer is None or buffer.shape != d.shape:
             buffer = buffers[name] = d.clone()
         else:
+            if buffer.device != d.device:  # restored from a checkpoint (kept on the host)
+                buffer = buffers[name] = buffer.to(d.device)
             buffer.mul_(momentum).add_(d, alpha=1 - group.get("dampening", 0))
         d = d.add(buffer, alpha=momentum) if group.get("nesterov", False) else buffer
     return d * group["lr"]
