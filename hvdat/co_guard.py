@@ -59,6 +59,7 @@ class CollapseGuard:
                   "attack": t.attack_name, "attack_alpha": t.params.alpha, "attack_steps": t.params.steps}
         if not collapsed:
             self.best = max(self.best, accuracy)
+            t.gather_compression_state()  # collective: the snapshot holds this epoch's EF residuals, not the last's
             self.snapshot = copy.deepcopy(t.state_dict())
             return record
         rollbacks = self.rollbacks + 1

@@ -84,19 +84,23 @@ def test_extra_data_that_does_not_fit_the_dataset_is_a_one_line_error_before_lau
     run_hvdat("train", *digits, "--extra-data", npz("fits.npz", ok, np.arange(4)), "--dry-run", check=True)
 
 
-def test_collapse_guard_rolls_back_and_switches_to_pgd(tmp_path):
+def _scripted_collapse(tmp_path, env, **settings):
+    """Digits FGSM for 3 epochs with the guard's check scripted to collapse at epoch 3 (see co_guard_job.py)."""
     from hvdat.config import TrainConfig
 
     cfg = TrainConfig(dataset="digits", eps=0.1, attack="fgsm", epochs=3, batch_size=64, eval_samples=32,
-                      eval_steps=2, co_guard=True, co_guard_steps=2, out=str(tmp_path / "run"))
+                      eval_steps=2, co_guard=True, co_guard_steps=2, out=str(tmp_path / "run"), **settings)
     cfg.save(tmp_path / "run" / "config.json")
-    # the collapsed epoch scores best on the test set: it must not become best.pt (its weights were discarded)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HVDAT_TEST_CHECKS": "0.4,0.5,0.1,0.45,0.5",
-           "HVDAT_TEST_ROBUST": "0.2,0.3,0.9,0.35,0.4"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HVDAT_TEST_CHECKS": "0.4,0.5,0.1,0.45,0.5", **env}
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "co_guard_job.py"), "--config",
                            str(tmp_path / "run" / "config.json")], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = read_metrics(tmp_path / "run")
+    return read_metrics(tmp_path / "run")
+
+
+def test_collapse_guard_rolls_back_and_switches_to_pgd(tmp_path):
+    # the collapsed epoch scores best on the test set: it must not become best.pt (its weights were discarded)
+    rows = _scripted_collapse(tmp_path, {"HVDAT_TEST_ROBUST": "0.2,0.3,0.9,0.35,0.4"})
     assert [r["epoch"] for r in rows] == [1, 2, 3, 3, 4][:len(rows)] or [r["epoch"] for r in rows] == [1, 2, 3, 3]
     collapsed = [r for r in rows if r["co_guard_collapsed"]]
     assert len(collapsed) == 1 and collapsed[0]["epoch"] == 3
@@ -106,6 +110,17 @@ def test_collapse_guard_rolls_back_and_switches_to_pgd(tmp_path):
     assert state["attack"]["name"] == "pgd" and state["attack"]["params"]["steps"] == 2 and state["epoch"] == 3
     best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
     assert best["epoch"] == 3 and best["attack"]["name"] == "pgd" and best["best_robust_acc"] == 0.35
+
+
+def test_a_rollback_restores_the_error_feedback_of_the_epoch_it_returns_to(tmp_path):
+    _scripted_collapse(tmp_path, {"HVDAT_TEST_SAVES": str(tmp_path / "saves.pt")}, compression="ef-sign")
+    epoch1, epoch2, collapsed = torch.load(tmp_path / "saves.pt", weights_only=True)[:3]
+
+    def same(a, b):
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    assert epoch2[0] and not same(epoch1[0], epoch2[0])  # residuals and momentum moved during epoch 2
+    assert same(collapsed[0], epoch2[0])  # rolled back to epoch 2's model: and to its residuals
 
 
 def test_fast_path_flags_train_correctly_on_cpu(tmp_path, cifar_dir):
