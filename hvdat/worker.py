@@ -48,16 +48,20 @@ def seed_for(*parts: int) -> int:
 def batches(dataset, indices: List[int], batch_size: int, device: torch.device, num_workers: int,
             full_only: bool = True) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """Batches of the given indices: only full ones for training (every rank takes the same number of steps),
-    all of them for evaluation (`full_only=False`). In-memory data is sliced directly (from pinned memory when
-    the trainer pinned it); folders go through a DataLoader with pinned memory on CUDA."""
+    all of them for evaluation (`full_only=False`). In-memory data is sliced directly, each batch pinned on CUDA
+    (a slice of a pinned tensor is not pinned) so its copy is asynchronous; folders go through a DataLoader with
+    pinned memory on CUDA."""
     if full_only and len(indices) >= batch_size:
         indices = indices[:len(indices) - len(indices) % batch_size]
     if isinstance(dataset, UInt8Images):
         order = torch.tensor(indices, dtype=torch.long)
+        pin = device.type == "cuda"
         for start in range(0, len(order), batch_size):
             chunk = order[start:start + batch_size]
-            yield (dataset.images[chunk].to(device, non_blocking=True).float().div_(255),
-                   dataset.labels[chunk].to(device, non_blocking=True))
+            images, labels = dataset.images[chunk], dataset.labels[chunk]
+            if pin:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield (images.to(device, non_blocking=True).float().div_(255), labels.to(device, non_blocking=True))
         return
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
                                          num_workers=num_workers, pin_memory=device.type == "cuda")
@@ -140,8 +144,6 @@ class Trainer:
         self.splits = load_splits(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples)
         splits = self.splits
         self.model = build_model(cfg.arch, splits.num_classes, splits.shape, splits.mean, splits.std).to(self.device)
-        if self.device.type == "cuda" and isinstance(splits.train, UInt8Images):
-            splits.train.images = splits.train.images.pin_memory()
         self.forward_model = fast_path.compiled(self.model, cfg.compile)  # what the training step calls
         self.autocast = fast_path.autocast(cfg.amp, self.device)
         self.scaler = fast_path.grad_scaler(cfg.amp, self.device)
