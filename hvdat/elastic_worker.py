@@ -26,6 +26,8 @@ POSITION = ("epoch", "batch", "step", "partial", "best")  # Trainer attributes t
 
 
 class ElasticTrainer(Trainer):
+    sync_at_init = False  # state.sync() broadcasts rank 0's model and position; a joining worker must not add more
+
     def __init__(self, cfg: TrainConfig):
         super().__init__(cfg)
         # partitions the epoch's not-yet-committed samples over whoever is alive
@@ -40,7 +42,11 @@ class ElasticTrainer(Trainer):
         self.ctx = Context(cfg, hvd, self.rank, self.size, self.device, self.out)
         self.global_batch = cfg.batch_size * self.size
         self.peak_lr = cfg.lr * scale_factor(self.global_batch, cfg.lr_base_batch, cfg.lr_scaling)
-        self.steps_per_epoch = max(1, len(self.splits.train) // self.global_batch)
+        self.steps_per_epoch = max(1, len(self.splits.train) // (self.labeled_batch * self.size))
+
+    def schedule_position(self, epoch: int, batch: int) -> float:
+        """From the samples of the epoch done (committed or since), which stays right across resizes."""
+        return epoch * self.steps_per_epoch + self.sampler.processed_num / (self.labeled_batch * self.size)
 
     def epoch_indices(self, epoch: int) -> List[int]:
         return list(self.sampler)  # already excludes the samples committed as done this epoch
@@ -74,7 +80,7 @@ def train(cfg: TrainConfig) -> None:
             setattr(trainer, name, getattr(state, name))
 
         def commit(done: int, sums: List[float]) -> bool:
-            trainer.sampler.record_batch(done - 1, cfg.batch_size)
+            trainer.sampler.record_batch(done - 1, trainer.labeled_batch)  # labeled images: extra ones are not in it
             if done % cfg.commit_every == 0:
                 state.partial = trainer.ctx.allreduce_sum(sums)
                 state.batch, state.step = done, trainer.step

@@ -44,9 +44,10 @@ def scale_factor(global_batch: int, base_batch: int, rule: str) -> float:
     return {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[rule]
 
 
-def lr_at(step: int, steps_per_epoch: int, epochs: int, peak_lr: float, schedule: str,
+def lr_at(step: float, steps_per_epoch: int, epochs: int, peak_lr: float, schedule: str,
           warmup_epochs: float = 0.0, milestones: Sequence[float] = ()) -> float:
-    """The rate for optimiser step `step` (0-based): linear warm-up to `peak_lr`, then the schedule."""
+    """The rate at schedule position `step` (0-based, in steps of `steps_per_epoch`; fractional after a change of
+    world size): linear warm-up to `peak_lr`, then the schedule."""
     total = max(1, steps_per_epoch * epochs)
     warmup = int(round(warmup_epochs * steps_per_epoch))
     if step < warmup:

@@ -201,6 +201,7 @@ class Trainer:
     def state_dict(self) -> Dict:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "epoch": self.epoch,
                 "step": self.step, "batch": self.batch, "partial": list(self.partial),
+                "world_size": self.size, "labeled_batch": self.labeled_batch,
                 "best_robust_acc": self.best, "arch": self.cfg.arch,
                 "dataset": self.cfg.dataset, "num_classes": self.splits.num_classes,
                 "shape": list(self.splits.shape), "config": self.cfg.to_dict(), "hvdat_version": __version__,
@@ -215,6 +216,11 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.epoch, self.step, self.best = state["epoch"], state["step"], state["best_robust_acc"]
         self.batch, self.partial = state.get("batch", 0), list(state.get("partial", [0.0, 0.0, 0.0]))
+        saved_size, saved_batch = state.get("world_size", self.size), state.get("labeled_batch", self.labeled_batch)
+        if (saved_size, saved_batch) != (self.size, self.labeled_batch):
+            # Resumed with another --np: the first batch x batch-size x np samples of the epoch's permutation are
+            # done whatever the partition, so convert the position by samples (rounding down redoes < 1 batch).
+            self.batch = self.batch * saved_batch * saved_size // (self.labeled_batch * self.size)
         if hasattr(self.compressor, "load_rank_states"):
             self.compressor.load_rank_states(state.get("compression_ranks", []), self.rank, self.size)
         if state.get("attack"):
@@ -251,10 +257,17 @@ class Trainer:
             checkpoint.save_atomic(state, self.out / checkpoint.BEST)
 
     # --- steps --------------------------------------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, attack_gen: torch.Generator) -> Tuple[float, int]:
-        """One optimiser step on an adversarial batch; returns (summed loss, correct predictions)."""
+    def schedule_position(self, epoch: int, batch: int) -> float:
+        """Where batch `batch` of `epoch` lies in the run, in steps of the current epoch length: the LR is a
+        function of it (not of the optimiser steps taken, which depend on the world sizes the run has had)."""
+        return epoch * self.steps_per_epoch + batch
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, attack_gen: torch.Generator,
+                   position: float) -> Tuple[float, int]:
+        """One optimiser step on an adversarial batch at schedule `position`; returns (summed loss, correct
+        predictions)."""
         cfg = self.cfg
-        lr = lr_at(self.step, self.steps_per_epoch, cfg.epochs, self.peak_lr, cfg.schedule, cfg.warmup_epochs,
+        lr = lr_at(position, self.steps_per_epoch, cfg.epochs, self.peak_lr, cfg.schedule, cfg.warmup_epochs,
                    cfg.milestones)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -296,6 +309,7 @@ class Trainer:
         self.model.train()
         # rank 0 carries the (rank-summed) totals of batches trained before a mid-epoch checkpoint
         loss_sum, correct, seen = self.partial if self.rank == 0 else (0.0, 0.0, 0.0)
+        carried = self.partial[2]  # images trained before a resume (every rank holds the same partial sums)
         last_report = time.perf_counter()
         data = batches(self.splits.train, self.epoch_indices(epoch), self.labeled_batch, self.device,
                        self.loader_workers)
@@ -309,7 +323,7 @@ class Trainer:
             if cfg.augment and self.splits.augment is not None:
                 x = self.splits.augment(x, torch.Generator().manual_seed(seed_for(cfg.seed, self.rank, epoch, 2, i)))
             x = x.contiguous(memory_format=fast_path.memory_format(cfg.channels_last))
-            batch_loss, batch_correct = self.train_step(x, y, attack_gen)
+            batch_loss, batch_correct = self.train_step(x, y, attack_gen, self.schedule_position(epoch, i))
             loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
             if after_step is not None and after_step(i + 1, [loss_sum, correct, seen]):
                 self.batch, self.partial = i + 1, self.ctx.allreduce_sum([loss_sum, correct, seen])
@@ -318,7 +332,7 @@ class Trainer:
             if self.rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == self.steps_per_epoch):
                 last_report = now
                 events.emit("batch", epoch=epoch, batch=i + 1, batches=self.steps_per_epoch, loss=loss_sum / seen,
-                            acc=correct / seen, images_per_sec=seen * size / (now - epoch_start),
+                            acc=correct / seen, images_per_sec=(seen - carried) * size / (now - epoch_start),
                             bytes_sent_per_step=self.bytes_sent_per_step())
         train_seconds = time.perf_counter() - epoch_start
         self.sync_buffers()
@@ -326,7 +340,7 @@ class Trainer:
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
         self.batch, self.partial = 0, [0.0, 0.0, 0.0]
         metrics.update(evaluate(self.ctx, self.model, self.splits, epoch))
-        metrics.update(images_per_sec=seen / train_seconds, lr=self.optimizer.param_groups[0]["lr"],
+        metrics.update(images_per_sec=(seen - carried) / train_seconds, lr=self.optimizer.param_groups[0]["lr"],
                        seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, world_size=size,
                        global_batch=self.global_batch, step=self.step,
                        bytes_sent_per_step=self.bytes_sent_per_step(),

@@ -62,6 +62,19 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
 
 
+def test_resuming_with_another_np_keeps_the_lr_schedule_on_course(tmp_path):
+    """Epoch 1 at --np 2 (half the steps per epoch), epoch 2 resumed at --np 1: epoch 2's rates are those of an
+    uninterrupted --np 1 run (the schedule follows the position in the run, not the optimiser steps taken)."""
+    args = [*QUICK, "--batch-size", "32", "--warmup-epochs", "0.5", "--epochs", "2"]
+    run_hvdat("train", *args, "--np", "1", "--out", tmp_path / "straight", check=True)
+    run_hvdat("train", *args, "--np", "2", "--epochs", "1", "--out", tmp_path / "split", check=True)
+    run_hvdat("train", *args, "--np", "1", "--out", tmp_path / "split", "--resume", check=True)
+    straight, split = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "split")
+    assert split[0]["world_size"] == 2 and split[1]["world_size"] == 1
+    assert split[1]["lr"] == straight[1]["lr"]
+    assert split[1]["step"] == split[0]["step"] + straight[1]["step"] - straight[0]["step"]  # a full epoch at np 1
+
+
 def test_a_failing_worker_is_named_with_its_last_lines(tmp_path):
     data = tmp_path / "broken"
     shutil.copytree(__import__("conftest").SHARED_CIFAR / "test" / "cat", data / "train" / "cat",
