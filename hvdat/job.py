@@ -9,10 +9,10 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional, Sequence
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set
 
 from . import events
-from .errors import JobFailed
+from .errors import JobFailed, UsageError
 
 TAIL_LINES = 12
 EventHandler = Callable[[dict], None]
@@ -22,6 +22,7 @@ EventHandler = Callable[[dict], None]
 class JobResult:
     returncode: int
     failed_ranks: Dict[int, str] = field(default_factory=dict)  # rank -> error message
+    usage_ranks: Set[int] = field(default_factory=set)  # ranks whose error was the user's (a UsageError)
     tails: Dict[Optional[int], List[str]] = field(default_factory=dict)  # rank (None: horovodrun) -> last lines
 
 
@@ -33,10 +34,11 @@ def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Op
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
     failed: Dict[int, str] = {}
+    usage: Set[int] = set()
     with open(log_path, "a") as log:
         proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 text=True, bufsize=1, env=full_env, start_new_session=True, errors="replace")
-        reader = threading.Thread(target=_pump, args=(proc, log, tails, failed, on_event, echo), daemon=True)
+        reader = threading.Thread(target=_pump, args=(proc, log, tails, failed, usage, on_event, echo), daemon=True)
         reader.start()
         interrupts = 0
         previous = _sigterm_as_interrupt()
@@ -50,10 +52,10 @@ def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Op
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         reader.join(timeout=10)
-    return JobResult(proc.returncode, failed, {rank: list(lines) for rank, lines in tails.items()})
+    return JobResult(proc.returncode, failed, usage, {rank: list(lines) for rank, lines in tails.items()})
 
 
-def _pump(proc, log, tails, failed, on_event, echo) -> None:
+def _pump(proc, log, tails, failed, usage, on_event, echo) -> None:
     for line in proc.stdout:
         log.write(line)
         log.flush()
@@ -66,6 +68,8 @@ def _pump(proc, log, tails, failed, on_event, echo) -> None:
             continue
         if event.get("event") == "error":
             failed[int(event.get("rank", rank or 0))] = event.get("message", "")
+            if event.get("usage"):
+                usage.add(int(event.get("rank", rank or 0)))
         on_event(event)
 
 
@@ -93,6 +97,8 @@ def raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
         return
     if result.failed_ranks:
         rank, message = sorted(result.failed_ranks.items())[0]
+        if rank in result.usage_ranks:  # the user's mistake, found by a worker: one line, exit 2
+            raise UsageError(message)
         lines = result.tails.get(rank) or result.tails.get(None) or []
         summary = f"{what} failed on rank {rank}: {message}"
     else:

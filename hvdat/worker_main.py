@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import events
+from .errors import UsageError
 
 
 def current_rank() -> int:
@@ -25,6 +26,9 @@ def worker_main(run: Callable[[Path], None], prog: str, description: Optional[st
     logging.basicConfig(level=os.environ.get("HVDAT_LOG", "WARNING"), format="%(name)s: %(message)s")
     try:
         run(args.config)
+    except UsageError as exc:  # found only where the data is (a folder's layout, image sizes): one line, exit 2
+        events.emit("error", rank=current_rank(), message=str(exc), usage=True)
+        return UsageError.exit_code
     except Exception as exc:  # the launcher names this rank and shows its last lines
         events.emit("error", rank=current_rank(), message=f"{type(exc).__name__}: {exc}")
         traceback.print_exc()

@@ -53,6 +53,14 @@ def test_bad_input_is_one_clear_line(args, fragments, tmp_path):
     assert_one_line_error(run_hvdat("train", "--out", tmp_path / "run", *args), *fragments)
 
 
+def test_a_mistake_only_a_worker_can_see_is_one_line_too(tmp_path):
+    """The folder's layout is checked where the data is read (on the workers): still one line and exit 2."""
+    (tmp_path / "photos" / "misc").mkdir(parents=True)
+    proc = run_hvdat("train", "--np", "2", "--dataset", "imagefolder", "--data-dir", tmp_path / "photos",
+                     "--out", tmp_path / "run")
+    assert_one_line_error(proc, "is not an ImageFolder dataset", "train/<class>")
+
+
 def test_np_larger_than_hostfile_slots(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("localhost slots=2\n")
