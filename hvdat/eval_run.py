@@ -18,6 +18,7 @@ from .eval_attacks import EVAL_ATTACKS, make_plan
 from .eval_config import EvalConfig
 from .evaluate import headline
 from .job import raise_for_failure, run_job
+from .out_dirs import file_target, make_dir
 from .progress import EvalProgress
 
 DEFAULT_N_EXAMPLES = 1000  # AutoAttack's README evaluates the first 1000 test points
@@ -165,6 +166,8 @@ def run_eval(cfg: EvalConfig, spec: launch.LaunchSpec, *, dry_run: bool, as_json
     if dry_run:
         out.print(launch.shell_quote(argv), highlight=False, soft_wrap=True)
         return {}
+    file_target(Path(cfg.out))  # before the (long) evaluation, not after it
+    make_dir(work)
     cfg.save(config_path)
     log_path = work / "logs" / "eval.log"
     log_path.unlink(missing_ok=True)
@@ -176,7 +179,6 @@ def run_eval(cfg: EvalConfig, spec: launch.LaunchSpec, *, dry_run: bool, as_json
         raise UsageError("the evaluation finished without a result", f"see {log_path}")
     report = build_report(cfg, progress.result, time.perf_counter() - start)
     out_file = Path(cfg.out)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(out_file)

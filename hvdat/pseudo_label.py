@@ -12,6 +12,7 @@ from . import checkpoint
 from .errors import UsageError
 from .job import raise_for_failure, run_job
 from .launch import LaunchSpec, build_argv, validate
+from .out_dirs import file_target
 
 
 def run_pseudo_label(*, model: Path, data_dir: Path, out_path: Path, which: str, batch_size: int, limit: int,
@@ -25,8 +26,7 @@ def run_pseudo_label(*, model: Path, data_dir: Path, out_path: Path, which: str,
     if batch_size < 1 or limit < 0:
         raise UsageError("--batch-size must be >= 1 and --limit >= 0")
     validate(spec)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path = file_target(Path(out_path))
     job_file = out_path.with_name(out_path.name + ".job.json")
     job_file.write_text(json.dumps({"checkpoint": str(ckpt), "data_dir": str(data_dir), "out": str(out_path),
                                     "batch_size": batch_size, "limit": limit, "threads": threads}, indent=2))

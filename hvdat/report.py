@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .errors import UsageError
+from .out_dirs import make_dir
 
 log = logging.getLogger(__name__)
 METRICS = "metrics.jsonl"
@@ -120,7 +121,7 @@ def write_plots(run_dir: Path, out_dir: Optional[Path] = None) -> List[Path]:
         raise UsageError(f"{run_dir} holds neither {METRICS} nor eval reports",
                          "train into it with `hvdat train --out`, or evaluate it with `hvdat eval`")
     out_dir = Path(out_dir) if out_dir else run_dir / "plots"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(out_dir)
     written = []
     if rows:
         written.append(plot_training(rows, out_dir / TRAINING_PNG))

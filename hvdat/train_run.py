@@ -13,6 +13,7 @@ from .config import CONFIG_FILE, TrainConfig
 from .elastic import ELASTIC_WORKER
 from .errors import UsageError
 from .job import raise_for_failure, run_job
+from .out_dirs import make_dir
 from .progress import TrainProgress, epochs_table
 from .worker import METRICS
 
@@ -32,8 +33,7 @@ def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
     elif overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    return make_dir(out)
 
 
 def run_training(config: TrainConfig, spec: launch.LaunchSpec, *, dry_run: bool, overwrite: bool, as_json: bool,

@@ -61,6 +61,13 @@ def test_a_mistake_only_a_worker_can_see_is_one_line_too(tmp_path):
     assert_one_line_error(proc, "is not an ImageFolder dataset", "train/<class>")
 
 
+def test_an_out_that_cannot_be_a_folder_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    assert_one_line_error(run_hvdat("train", "--out", tmp_path / "afile"), "is a file, not a folder")
+    assert_one_line_error(run_hvdat("train", "--out", tmp_path / "afile" / "run"), "cannot create the folder",
+                          "Not a directory")
+
+
 def test_np_larger_than_hostfile_slots(tmp_path):
     hostfile = tmp_path / "hosts"
     hostfile.write_text("localhost slots=2\n")

@@ -257,3 +257,5 @@ def test_bad_input_is_one_clear_line(plain_run, tmp_path):
     for args, fragment in cases:
         assert_one_line_error(run_hvdat("eval", *args), fragment)
     assert_one_line_error(run_hvdat("report", tmp_path), "holds neither")
+    (tmp_path / "afile").write_text("")
+    assert_one_line_error(run_hvdat("report", plain_run, "--out", tmp_path / "afile"), "is a file, not a folder")
