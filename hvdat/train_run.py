@@ -21,12 +21,38 @@ RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS)
 STOPPED_EXIT_CODE = 130  # as for Ctrl-C: the run is not finished, but nothing went wrong
 
 
+# What a resumed run may change: its length, where and how fast it runs, and its per-epoch check. Anything else
+# would make the checkpoint's run and config.json (rewritten on resume) describe a run that never happened.
+RESUME_MAY_CHANGE = frozenset({"epochs", "np", "threads", "out", "resume", "commit_every", "data_dir", "eval_samples",
+                               "eval_steps", "amp", "channels_last", "compile"})
+
+
+def check_resume_settings(config: TrainConfig, saved: TrainConfig) -> None:
+    def show(value) -> str:
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    changed = [f"--{name.replace('_', '-')} {show(getattr(saved, name))} -> {show(getattr(config, name))}"
+               for name in sorted(config.to_dict()) if name not in RESUME_MAY_CHANGE
+               and getattr(saved, name) != getattr(config, name)]
+    if changed:
+        raise UsageError(f"--resume with settings that differ from the run in {config.out}: {', '.join(changed)}",
+                         f"pass the run's settings (its {CONFIG_FILE}), or train into a new --out")
+
+
+def check_resume(config: TrainConfig) -> None:
+    """--resume needs this arch's checkpoint in --out, and the run's own training settings."""
+    out = Path(config.out)
+    checkpoint.load(out / checkpoint.LAST, arch=config.arch)  # clear error for a missing or foreign file
+    if (out / CONFIG_FILE).is_file():
+        check_resume_settings(config, TrainConfig.load(out / CONFIG_FILE))
+
+
 def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
     """Check that --out fits --resume/--overwrite, and clear it when starting over."""
     out = Path(config.out)
     has_run = (out / checkpoint.LAST).exists()
     if config.resume:
-        checkpoint.load(out / checkpoint.LAST, arch=config.arch)  # clear error for a missing or foreign file
+        check_resume(config)
     elif has_run and not overwrite:
         raise UsageError(f"{out} already holds a run", "pass --resume to continue it, --overwrite to start over, "
                                                        "or choose another --out")
@@ -44,6 +70,8 @@ def run_training(config: TrainConfig, spec: launch.LaunchSpec, *, dry_run: bool,
     config_path = run_dir / CONFIG_FILE
     argv = launch.build_argv(spec, ELASTIC_WORKER if spec.elastic else "hvdat.worker", config_path)
     if dry_run:
+        if config.resume:  # a dry run checks what it can without touching --out
+            check_resume(config)
         out.print(launch.shell_quote(argv), highlight=False, soft_wrap=True)
         return
     prepare_out(config, overwrite)

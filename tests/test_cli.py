@@ -88,6 +88,18 @@ def test_checkpoint_from_another_arch(trained_run):
                           "holds arch 'small-cnn', not 'preact-resnet18'")
 
 
+def test_resume_with_changed_training_settings_is_refused_before_anything_is_touched(trained_run):
+    config = (trained_run / "config.json").read_text()
+    proc = run_hvdat("train", *QUICK, "--epochs", "2", "--batch-size", "64", "--out", trained_run, "--resume",
+                     "--optimizer", "lamb", "--eps", "2/255")
+    assert_one_line_error(proc, "--resume with settings that differ", "--eps 0.1 -> 0.00784314", "--optimizer sgd -> lamb")
+    assert (trained_run / "config.json").read_text() == config
+    # what may change: the length, the world size, the threads (a dry run checks the same)
+    args = [*QUICK, "--epochs", "2", "--batch-size", "64", "--out", trained_run, "--resume", "--dry-run"]
+    assert run_hvdat("train", *args, "--np", "2", "--threads", "1").returncode == 0
+    assert_one_line_error(run_hvdat("train", *args, "--steps", "7"), "--steps 3 -> 7")
+
+
 def test_resume_without_a_checkpoint(tmp_path):
     assert_one_line_error(run_hvdat("train", "--out", tmp_path / "empty", "--resume"), "no checkpoint at")
 
