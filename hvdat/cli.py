@@ -134,8 +134,8 @@ def train(
 
     config = TrainConfig(
         dataset=dataset, data_dir=str(data_dir) if data_dir else None, train_samples=train_samples,
-        test_samples=test_samples, augment=augment, arch=arch, attack=attack, eps=parse_eps(eps),
-        alpha=parse_eps(alpha, "alpha") if alpha is not None else None, steps=steps, norm=norm,
+        test_samples=test_samples, augment=augment, arch=arch, attack=attack, eps=parse_eps(eps, norm=norm),
+        alpha=parse_eps(alpha, "alpha", norm) if alpha is not None else None, steps=steps, norm=norm,
         random_start=random_start, trades_beta=trades_beta, clean_weight=clean_weight, attack_bn=attack_bn,
         eval_samples=eval_samples, eval_steps=eval_steps, epochs=epochs, batch_size=batch_size, lr=lr,
         lr_base_batch=lr_base_batch, lr_scaling=lr_scaling, optimizer=optimizer, momentum=momentum,

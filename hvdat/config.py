@@ -15,8 +15,9 @@ from .frozen_config import FrozenConfig
 CONFIG_FILE = "config.json"
 
 
-def parse_eps(text: str | float, what: str = "eps") -> float:
-    """Parse an epsilon given as a fraction (`8/255`) or a decimal (`0.031`); it must lie in (0, 1]."""
+def parse_eps(text: str | float, what: str = "eps", norm: str = "linf") -> float:
+    """Parse an epsilon given as a fraction (`8/255`) or a decimal (`0.031`). An L-inf budget lies in (0, 1]
+    (pixels are in [0,1]); an L2 or L1 one is a norm of the whole image and may exceed 1 (ImageNet's L2 3.0)."""
     if isinstance(text, (int, float)):
         value = float(text)
     else:
@@ -29,7 +30,10 @@ def parse_eps(text: str | float, what: str = "eps") -> float:
             if denominator == 0:
                 raise UsageError(f"invalid {what} {text!r}", "the denominator is zero")
             value /= denominator
-    if not (0.0 < value <= 1.0) or math.isnan(value):
+    if norm != "linf":
+        if not (0.0 < value < math.inf):
+            raise UsageError(f"{what} {text} must be positive and finite")
+    elif not (0.0 < value <= 1.0) or math.isnan(value):
         raise UsageError(f"{what} {text} is outside (0, 1]", "pixels are in [0,1], so use e.g. 8/255 for L-inf")
     return value
 
@@ -128,7 +132,7 @@ class TrainConfig(FrozenConfig):
         if self.norm not in spec.norms:
             raise UsageError(f"attack {self.attack!r} does not support norm {self.norm!r}",
                              f"use --norm {' or '.join(spec.norms)}")
-        parse_eps(self.eps)
+        parse_eps(self.eps, norm=self.norm)
         if self.alpha is not None and not self.alpha > 0:
             raise UsageError(f"--alpha must be positive, got {self.alpha}")
         _positive("--steps", self.steps)
@@ -145,7 +149,7 @@ class TrainConfig(FrozenConfig):
         if self.clean_weight < 0 or self.trades_beta < 0 or self.warmup_epochs < 0:
             raise UsageError("--clean-weight, --trades-beta and --warmup-epochs must be >= 0")
         for count, name in ((self.train_samples, "--train-samples"), (self.test_samples, "--test-samples"),
-                            (self.eval_samples, "--eval-samples")):
+                            (self.eval_samples, "--eval-samples"), (self.threads, "--threads")):
             if count < 0:
                 raise UsageError(f"{name} must be >= 0, got {count}")
         if self.amp not in AMP_DTYPES:

@@ -29,17 +29,7 @@ def parse_eps_list(text: str, norm: str) -> tuple:
     """`8/255`, or a sweep `1/255,2/255,4/255,8/255`. L-inf budgets lie in (0, 1]; L2/L1 ones may exceed 1."""
     values = []
     for part in filter(None, (p.strip() for p in str(text).split(","))):
-        if norm == "linf":
-            values.append(parse_eps(part))
-            continue
-        numerator, _, denominator = part.partition("/")
-        try:
-            value = float(numerator) / float(denominator or 1)
-        except (ValueError, ZeroDivisionError):
-            raise UsageError(f"invalid eps {part!r}", "write it as a fraction like 8/255 or a decimal like 0.5") from None
-        if not value > 0 or value == float("inf"):
-            raise UsageError(f"eps {part} must be positive and finite")
-        values.append(value)
+        values.append(parse_eps(part, norm=norm))
     if not values:
         raise UsageError(f"invalid eps {text!r}", "write it like 8/255, or a sweep like 1/255,2/255,4/255,8/255")
     return tuple(dict.fromkeys(values))

@@ -39,6 +39,8 @@ def test_dry_run_prints_the_exact_horovodrun_command(tmp_path):
     (["--attack", "deepfool"], ["unknown attack 'deepfool'", "fgsm-rs", "pgd", "trades"]),
     (["--eps", "0"], ["outside (0, 1]"]),
     (["--eps", "300/255"], ["outside (0, 1]"]),
+    (["--norm", "l2", "--eps", "0"], ["must be positive and finite"]),
+    (["--threads", "-1"], ["--threads must be >= 0"]),
     (["--eps", "eight"], ["invalid eps 'eight'", "8/255"]),
     (["--np", "0"], ["--np must be >= 1"]),
     (["--np", "5", "-H", "localhost:2,127.0.0.1:2"], ["--np 5 is more than the 4 slots"]),

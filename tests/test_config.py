@@ -18,6 +18,13 @@ def test_parse_eps_rejects_values_outside_the_unit_interval(text):
         parse_eps(text)
 
 
+def test_l2_and_l1_budgets_may_exceed_one():
+    assert parse_eps("3", norm="l2") == 3.0 and parse_eps("12", norm="l1") == 12.0  # ImageNet's L2 3.0, AA's L1 12
+    for text in ("0", "0/255", "-1"):
+        with pytest.raises(UsageError, match="positive and finite|invalid eps"):
+            parse_eps(text, norm="l2")
+
+
 def test_config_round_trips_through_json(tmp_path):
     cfg = TrainConfig(arch="preact-resnet18", eps=4 / 255, milestones=(0.3, 0.6), np=4)
     cfg.save(tmp_path / "config.json")
