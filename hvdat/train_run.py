@@ -42,9 +42,12 @@ def check_resume_settings(config: TrainConfig, saved: TrainConfig) -> None:
 def check_resume(config: TrainConfig) -> None:
     """--resume needs this arch's checkpoint in --out, and the run's own training settings."""
     out = Path(config.out)
-    checkpoint.load(out / checkpoint.LAST, arch=config.arch)  # clear error for a missing or foreign file
+    state = checkpoint.load(out / checkpoint.LAST, arch=config.arch)  # clear error for a missing or foreign file
     if (out / CONFIG_FILE).is_file():
         check_resume_settings(config, TrainConfig.load(out / CONFIG_FILE))
+    if state.get("epoch", 0) >= config.epochs:
+        raise UsageError(f"the run in {out} already has {state['epoch']} of --epochs {config.epochs}",
+                         "raise --epochs to train it further")
 
 
 def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
@@ -90,6 +93,9 @@ def run_training(config: TrainConfig, spec: launch.LaunchSpec, *, dry_run: bool,
         err.print(f"stopped by signal at epoch {stopped['epoch'] + 1}, batch {stopped['batch']}/{stopped['batches']}; "
                   f"checkpoint {stopped['checkpoint']}; continue with the same command plus --resume",
                   highlight=False, soft_wrap=True)
+        if as_json:  # scripts learn where it stopped and what to resume from
+            out.print_json(json.dumps({"out": str(run_dir), "epochs": progress.epochs, "stopped": {
+                key: stopped[key] for key in ("epoch", "batch", "batches", "step", "checkpoint")}}))
         raise typer.Exit(STOPPED_EXIT_CODE)
     raise_for_failure(result, "training", log_path)
     if not progress.epochs:

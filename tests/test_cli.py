@@ -100,6 +100,8 @@ def test_resume_with_changed_training_settings_is_refused_before_anything_is_tou
     args = [*QUICK, "--epochs", "2", "--batch-size", "64", "--out", trained_run, "--resume", "--dry-run"]
     assert run_hvdat("train", *args, "--np", "2", "--threads", "1").returncode == 0
     assert_one_line_error(run_hvdat("train", *args, "--steps", "7"), "--steps 3 -> 7")
+    args[args.index("--epochs") + 1] = "1"
+    assert_one_line_error(run_hvdat("train", *args), "already has 1 of --epochs 1", "raise --epochs")
 
 
 def test_resume_without_a_checkpoint(tmp_path):

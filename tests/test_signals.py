@@ -3,6 +3,7 @@ checkpoint write."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -32,7 +33,7 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 12
 def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
     stopped = tmp_path / "stopped"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(HVDAT + ["train", *ARGS, "--out", str(stopped)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(HVDAT + ["train", *ARGS, "--out", str(stopped), "--json"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     _wait_for(stopped / "logs" / "train.log", '"event":"batch"', proc)
     proc.send_signal(signal.SIGTERM)
@@ -46,6 +47,9 @@ def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path)
     state = torch.load(stopped / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and 0 < state["batch"] < 44, (state["epoch"], state["batch"])
     assert state["step"] == state["batch"]
+    report = json.loads(stdout)["stopped"]  # --json still gives scripts an object: where it stopped
+    assert (report["epoch"], report["batch"], report["step"]) == (0, state["batch"], state["step"])
+    assert report["checkpoint"] == str(stopped / "last.pt")
     assert not (stopped / "metrics.jsonl").exists()
 
     run_hvdat("train", *ARGS, "--out", stopped, "--resume", check=True)
