@@ -60,11 +60,10 @@ class ChunkStore:
         """Keep our file if it belongs to these settings; otherwise start it afresh."""
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
-            first = self.path.read_text().split("\n", 1)[0]
+            text = self.path.read_text()
             try:
-                if json.loads(first).get("fingerprint") == self.fingerprint:
-                    text = self.path.read_text()  # drop a last line cut short by a kill, or the next append joins it
-                    if not text.endswith("\n"):
+                if json.loads(text.split("\n", 1)[0]).get("fingerprint") == self.fingerprint:
+                    if not text.endswith("\n"):  # drop a last line cut short by a kill, or the next append joins it
                         self.path.write_text(text[:text.rfind("\n") + 1])
                     return
             except json.JSONDecodeError:
