@@ -20,11 +20,11 @@ test: install
 
 # Every table of docs/RESULTS.md, in order (about 1.5 h on 2 cores; each writes docs/results/NAME.json and .png).
 bench: install
-	$(PY) bench/train_step.py
-	$(PY) bench/scaling.py
-	$(PY) bench/compression.py --bandwidth 1gbit
-	$(PY) bench/methods.py
-	$(PY) bench/co_guard.py --train-samples 2000 --epochs 6 --eps 16/255 --n-eval 500
-	$(PY) bench/co_guard.py --dataset digits --eps 0.15 --lr 0.1 --epochs 15 --batch-size 64 --n-eval 360 \
+	$(PY) experiments/train_step.py
+	$(PY) experiments/scaling.py
+	$(PY) experiments/compression.py --bandwidth 1gbit
+	$(PY) experiments/methods.py
+	$(PY) experiments/co_guard.py --train-samples 2000 --epochs 6 --eps 16/255 --n-eval 500
+	$(PY) experiments/co_guard.py --dataset digits --eps 0.15 --lr 0.1 --epochs 15 --batch-size 64 --n-eval 360 \
 	    --out docs/results/co-digits
-	$(PY) bench/unlabeled.py
+	$(PY) experiments/unlabeled.py

@@ -1,22 +1,17 @@
-"""Reusable Typer option aliases, shared by the commands. Help texts list the registries' names."""
+"""Option declarations: each CLI option is declared once, as a field of the frozen config it fills.
+
+`option(default, HELP_OR_OPTION, ...)` returns a dataclass field whose metadata holds an `Option` (help text, help
+panel, flags, and how a command-line value becomes the field's value). `hvdat.cli.options` turns these fields into
+Typer options and the parsed values back into the config, so adding an option touches one place: its field.
+This module imports nothing heavy (no torch, typer or rich): the launcher and the workers can read it.
+"""
 
 from __future__ import annotations
 
-import functools
-import inspect
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import typer
-from typing_extensions import Annotated
-
-from .attacks import ATTACKS
-from .compression import COMPRESSORS
-from .data import DATASETS
-from .launch import LaunchSpec
-from .models import MODELS
-from .optim import OPTIMIZERS
-from .schedule import SCHEDULES
+from typing import Any, Callable, Dict, Optional, Tuple, Union
 
 CLUSTER = "Cluster"
 DATA = "Data and model"
@@ -25,79 +20,47 @@ OPTIM = "Optimisation"
 OUTPUT = "Output"
 FAST = "GPU fast path"
 
-
-def _names(registry) -> str:
-    return ", ".join(registry.names())
+Parse = Callable[[Any, Dict[str, Any]], Any]  # (command-line value, every command-line value) -> field value
 
 
-Np = Annotated[int, typer.Option("--np", help="Number of workers (Horovod ranks).", rich_help_panel=CLUSTER)]
-Hosts = Annotated[Optional[str], typer.Option("-H", "--hosts", help="Hosts and slots, e.g. host1:4,host2:4.",
-                                              rich_help_panel=CLUSTER)]
-Hostfile = Annotated[Optional[Path], typer.Option(help="File with one `host slots=N` per line.",
-                                                  rich_help_panel=CLUSTER)]
-Launcher = Annotated[str, typer.Option(help="Horovod controller: gloo or mpi.", rich_help_panel=CLUSTER)]
-SshPort = Annotated[Optional[int], typer.Option(help="SSH port on the remote hosts.", rich_help_panel=CLUSTER)]
-SshIdentity = Annotated[Optional[Path], typer.Option(help="SSH private key for the remote hosts.",
-                                                     rich_help_panel=CLUSTER)]
-NetworkInterfaces = Annotated[Optional[str], typer.Option(help="NICs Horovod may use, e.g. eth0,ib0.",
-                                                          rich_help_panel=CLUSTER)]
-MpiArgs = Annotated[Optional[str], typer.Option(help="Extra mpirun arguments (with --launcher mpi).",
-                                                rich_help_panel=CLUSTER)]
-Threads = Annotated[int, typer.Option(help="Torch threads per worker (0: cores / workers per host).",
-                                      rich_help_panel=CLUSTER)]
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the exact launch command and exit.",
-                                      rich_help_panel=CLUSTER)]
+@dataclass(frozen=True)
+class Option:
+    """How one config field appears on the command line."""
 
-Dataset = Annotated[str, typer.Option(help=f"Dataset: {_names(DATASETS)}.", rich_help_panel=DATA)]
-DataDir = Annotated[Optional[Path], typer.Option(help="Where the dataset lives (cifar*, imagefolder, imagenet).",
-                                                 rich_help_panel=DATA)]
-Arch = Annotated[str, typer.Option(help=f"Model: {_names(MODELS)}, or any torchvision classifier (resnet50, ...).",
-                                   rich_help_panel=DATA)]
-Eps = Annotated[str, typer.Option(help="Perturbation budget in [0,1] pixels: 8/255 or 0.031.",
-                                  rich_help_panel=ATTACK)]
-Norm = Annotated[str, typer.Option(help="Threat model: linf or l2.", rich_help_panel=ATTACK)]
-Seed = Annotated[int, typer.Option(help="Random seed (each rank derives its own).", rich_help_panel=OUTPUT)]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).",
-                                    rich_help_panel=OUTPUT)]
+    help: Union[str, Callable[[], str]]  # a callable is asked at CLI build time (help that lists a registry)
+    panel: str = ""
+    flags: Tuple[str, ...] = ()  # default: --field-name (and --no-field-name for a bool)
+    cli_type: Optional[type] = None  # what the command line parses, when it differs from the field (eps: str)
+    parse: Optional[Parse] = None  # command-line value -> field value (default: paths become strings)
 
-ATTACK_HELP = "Training attack: " + "; ".join(f"{name}: {ATTACKS.get(name).doc}" for name in ATTACKS.names())
-OPTIMIZER_HELP = f"Optimizer: {_names(OPTIMIZERS)}."
-SCHEDULE_HELP = f"LR schedule after warm-up: {_names(SCHEDULES)}."
-COMPRESSION_HELP = "Gradient compression: " + "; ".join(
-    f"{name}: {COMPRESSORS.get(name).doc}" for name in COMPRESSORS.names())
+    def help_text(self) -> str:
+        return self.help() if callable(self.help) else self.help
+
+    def to_field_value(self, value: Any, values: Dict[str, Any]) -> Any:
+        if self.parse is not None:
+            return self.parse(value, values)
+        return str(value) if isinstance(value, Path) else value
 
 
-def _eval_attack_help() -> str:
-    from .eval_attacks import EVAL_ATTACKS
-
-    return "Evaluation attack: " + "; ".join(f"{n}: {EVAL_ATTACKS.get(n).doc}" for n in EVAL_ATTACKS.names())
-
-
-EVAL_ATTACK_HELP = _eval_attack_help()
-
-
-# The options that say where a job runs, in the order `--help` lists them: (parameter, alias, default).
-LAUNCH_OPTIONS = (("np", Np, 1), ("hosts", Hosts, None), ("hostfile", Hostfile, None), ("launcher", Launcher, "gloo"),
-                  ("ssh_port", SshPort, None), ("ssh_identity_file", SshIdentity, None),
-                  ("network_interfaces", NetworkInterfaces, None), ("mpi_args", MpiArgs, None))
+def option(default: Any = dataclasses.MISSING, spec: Union[Option, str, Callable[[], str]] = "", panel: str = "",
+           **changes: Any) -> Any:
+    """A config field declared as a command-line option. `spec` is an Option shared by several configs (with
+    `changes` applied) or this option's help text."""
+    declared = spec if isinstance(spec, Option) else Option(help=spec, panel=panel)
+    if panel and isinstance(spec, Option):
+        changes["panel"] = panel
+    if changes:
+        declared = dataclasses.replace(declared, **changes)
+    return dataclasses.field(default=default, metadata={"option": declared})
 
 
-def launch_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Give a command the LAUNCH_OPTIONS where it has a `spec: LaunchSpec` parameter, and call it with them
-    gathered into that LaunchSpec (paths as strings)."""
-    signature = inspect.signature(command, eval_str=True)
-    params = list(signature.parameters.values())
-    at = [p.name for p in params].index("spec")
-    launch = [inspect.Parameter(name, params[at].kind, default=default, annotation=alias)
-              for name, alias, default in LAUNCH_OPTIONS]
+def declared_options(cls) -> Dict[str, Option]:
+    """The fields of a config dataclass that are command-line options, in declaration order."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(cls) if "option" in f.metadata}
 
-    @functools.wraps(command)
-    def with_spec(**values: Any) -> Any:
-        given = {name: values.pop(name) for name, _, _ in LAUNCH_OPTIONS}
-        for name in ("hostfile", "ssh_identity_file"):
-            given[name] = str(given[name]) if given[name] else None
-        return command(spec=LaunchSpec(**given), **values)
 
-    with_spec.__signature__ = signature.replace(parameters=params[:at] + launch + params[at + 1:])
-    with_spec.__annotations__ = {p.name: p.annotation for p in with_spec.__signature__.parameters.values()}
-    return with_spec
+# Options that several commands share, declared here once.
+THREADS = Option("Torch threads per worker (0: cores / workers per host).", CLUSTER)
+SEED = Option("Random seed (each rank derives its own).", OUTPUT)
+DATA_DIR = Option("Where the dataset lives (cifar*, imagefolder, imagenet).", DATA)
+NORM = Option("Threat model: linf or l2.", ATTACK)

@@ -14,7 +14,9 @@ import horovod.torch as hvd
 import torch
 import torch.nn.functional as F
 
-from hvdat.compression import COMPRESSORS, DistributedOptimizer, wire_bytes
+from hvdat.compression import COMPRESSORS, wire_bytes
+from hvdat.runtime.distributed_optimizer import DistributedOptimizer
+from hvdat.runtime.horovod_compression import build_compressor
 
 
 def model_fn() -> torch.nn.Module:
@@ -36,7 +38,7 @@ def main(names) -> None:
     for name in names:
         model = model_fn()
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        compressor = COMPRESSORS.get(name).build(1000 + hvd.rank())
+        compressor = build_compressor(name, 1000 + hvd.rank())
         optimizer = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
                                          model.named_parameters(), compressor)
         generator = torch.Generator().manual_seed(hvd.rank())

@@ -11,8 +11,8 @@ import json
 import horovod.torch as hvd
 import torch
 
-from hvdat import rank_state
-from hvdat.compression import COMPRESSORS
+from hvdat.runtime import rank_state
+from hvdat.runtime.horovod_compression import build_compressor
 
 
 def same(a, b) -> bool:
@@ -23,7 +23,7 @@ def main() -> None:
     hvd.init()
     rank = hvd.rank()
     grad = lambda k: torch.linspace(-1.0, 1.0, 40).reshape(4, 10) * (rank + 1) + k * torch.arange(40.).reshape(4, 10)
-    compressor = COMPRESSORS.get("ef-sign").build(1)
+    compressor = build_compressor("ef-sign", 1)
     rank_state.register(compressor)
     state = hvd.elastic.TorchState(model=torch.nn.Linear(2, 2), compression=compressor, epoch=0)
     compressor.compress(grad(0), "w")
@@ -37,7 +37,7 @@ def main() -> None:
     own = same(compressor.state_dict(), saved)
     peers = hvd.allgather_object(saved["w"], name="peers")
     # rank 1 "joins" with no residuals: both ranks take the residuals of the ranks that have them (rank 0's)
-    joined = COMPRESSORS.get("ef-sign").build(2)
+    joined = build_compressor("ef-sign", 2)
     if rank == 0:
         joined.compress(grad(0), "w")
     state2 = hvd.elastic.TorchState(model=torch.nn.Linear(2, 2), compression=joined, epoch=0)

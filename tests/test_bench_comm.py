@@ -30,7 +30,8 @@ def test_bench_comm_json_rows_over_a_shaped_link_and_the_namespace_is_gone():
 def test_bench_comm_table_puts_per_core_throughput_and_the_wire_limit_beside_each_speedup():
     from rich.console import Console
 
-    from hvdat.bench.comm import finish_rows, table
+    from hvdat.bench.comm import finish_rows
+    from hvdat.cli.bench import table
 
     def row(name, seconds, nbytes, cpu):
         return {"compression": name, "exchange_seconds": seconds, "bytes_per_worker": nbytes, "fp32_bytes": 4e8,

@@ -28,7 +28,7 @@ def test_dry_run_prints_the_exact_horovodrun_command(tmp_path):
                      "--dry-run", env={"COLUMNS": "300"})
     assert proc.returncode == 0, proc.stderr
     horovodrun = str(__import__("pathlib").Path(sys.executable).parent / "horovodrun")
-    assert proc.stdout.strip() == (f"{horovodrun} -np 4 -H node1:2,node2:2 --mpi {sys.executable} -m hvdat.worker "
+    assert proc.stdout.strip() == (f"{horovodrun} -np 4 -H node1:2,node2:2 --mpi {sys.executable} -m hvdat.train.worker "
                                    f"--config {tmp_path / 'r' / 'config.json'}")
     assert not (tmp_path / "r").exists(), "a dry run writes nothing"
 

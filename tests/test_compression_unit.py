@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hvdat.compression import COMPRESSORS, Compression, wire_bytes
+from hvdat.compression import COMPRESSORS, wire_bytes
+from hvdat.runtime.horovod_compression import Compression, build_compressor
 from hvdat.compression import packing
 from hvdat.compression.natural import NaturalCompressor
 
@@ -172,7 +173,7 @@ def test_ef_sign_scales_each_row_of_a_weight_on_its_own():
 
 
 def test_ef_sign_optimizer_sends_the_local_sgd_update_with_momentum_and_weight_decay():
-    from hvdat.compression.optimizer import local_sgd_update
+    from hvdat.compression.local_update import local_sgd_update
 
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     group = {"lr": 0.5, "momentum": 0.9, "weight_decay": 0.1, "dampening": 0, "nesterov": False}
@@ -226,7 +227,7 @@ def test_half_precision_gradients_keep_their_dtype(name, dtype):
 
 @pytest.mark.parametrize("name", ["sign", "ef-sign", "natural"])
 def test_payload_is_uint8_and_its_size_matches_wire_bytes(name):
-    comp = COMPRESSORS.get(name).build(0)
+    comp = build_compressor(name, 0)
     for numel in (1, 17, 4096):
         payload, _ = comp.compress(torch.randn(numel), name=str(numel))
         assert payload.dtype == torch.uint8 and payload.dim() == 1

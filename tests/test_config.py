@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from hvdat.config import TrainConfig, parse_eps
+from hvdat.attacks.budget import parse_eps
+from hvdat.train.config import TrainConfig
 from hvdat.errors import UsageError
 
 
@@ -39,7 +40,7 @@ def test_config_rejects_unknown_keys(tmp_path):
 
 
 def test_eval_config_round_trips_through_json_and_names_a_missing_file(tmp_path):
-    from hvdat.eval_config import EvalConfig
+    from hvdat.eval.config import EvalConfig
 
     cfg = EvalConfig(checkpoint="run/best.pt", dataset="digits", data_dir=None, eps=(1 / 255, 8 / 255), steps=5)
     cfg.save(tmp_path / "work" / "config.json")

@@ -41,7 +41,7 @@ def test_dry_run_builds_an_elastic_gloo_command(discovery, tmp_path):
     argv = shlex.split(proc.stdout.replace("\n", ""))
     assert argv[1:10] == ["-np", "3", "--min-np", "2", "--max-np", "3", "--host-discovery-script", str(discovery),
                           "--gloo"]
-    assert argv[-3:-1] == ["hvdat.elastic_worker", "--config"]
+    assert argv[-3:-1] == ["hvdat.train.elastic", "--config"]
 
 
 @pytest.mark.parametrize("extra, fragment", [
@@ -75,7 +75,7 @@ def _wait_for_batch(log, proc, at_least: int, timeout: float = 240) -> None:
 def _worker(proc: subprocess.Popen, rank: str) -> psutil.Process:
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
-            if "hvdat.elastic_worker" in child.cmdline() and child.environ().get("HOROVOD_RANK") == rank \
+            if "hvdat.train.elastic" in child.cmdline() and child.environ().get("HOROVOD_RANK") == rank \
                     and "python" in os.path.basename(child.cmdline()[0]):
                 return child
         except psutil.NoSuchProcess:

@@ -131,8 +131,8 @@ def test_a_killed_evaluation_resumes_from_its_state_file(plain_run, tmp_path):
 
 
 def test_a_line_cut_short_by_a_kill_does_not_swallow_the_next_chunk(tmp_path):
-    from hvdat.eval_worker import ChunkStore
-    from hvdat.evaluate import ChunkResult, EpsResult
+    from hvdat.eval.chunks import ChunkStore
+    from hvdat.eval.cascade import ChunkResult, EpsResult
 
     def chunk(c):
         return ChunkResult(c, [c], [1], [1], [EpsResult([0], [2], [0.1])], False, 1.0)
@@ -150,7 +150,7 @@ def test_a_line_cut_short_by_a_kill_does_not_swallow_the_next_chunk(tmp_path):
 
 
 def test_randomized_check_has_the_reference_tolerance():
-    from hvdat.evaluate import _differ
+    from hvdat.eval.cascade import _differ
 
     logits = torch.randn(8, 10)
     assert not _differ(logits, logits + 1e-7)  # nondeterministic GPU kernels: not a randomized defence
@@ -164,11 +164,12 @@ def test_faithful_to_the_reference_autoattack_on_a_chunk(plain_run):
     """Our cascade on one chunk flags exactly the points the reference run_standard_evaluation leaves robust."""
     from pyautoattack import AutoAttack
 
-    from hvdat import checkpoint
+    from hvdat.runtime import checkpoint
     from hvdat.data import load_splits
-    from hvdat.eval_attacks import StageRunner, make_plan
-    from hvdat.eval_worker import examples, load_model
-    from hvdat.evaluate import evaluate_chunk
+    from hvdat.eval.plan import make_plan
+    from hvdat.eval.stages import StageRunner
+    from hvdat.eval.worker import examples, load_model
+    from hvdat.eval.cascade import evaluate_chunk
 
     torch.set_num_threads(1)
     model = load_model(checkpoint.load(plain_run / "best.pt"), torch.device("cpu"))
@@ -186,11 +187,13 @@ def test_faithful_to_the_reference_autoattack_on_a_chunk(plain_run):
 
 def test_square_beating_the_white_box_attacks_is_flagged(plain_run):
     """Masked gradients (a quantising input layer) stop APGD; Square still succeeds, and that must be flagged."""
-    from hvdat import checkpoint
+    from hvdat.runtime import checkpoint
     from hvdat.data import load_splits
-    from hvdat.eval_attacks import StageRunner, make_plan
-    from hvdat.eval_worker import examples, load_model
-    from hvdat.evaluate import ChunkResult, evaluate_chunk, summarise
+    from hvdat.eval.plan import make_plan
+    from hvdat.eval.stages import StageRunner
+    from hvdat.eval.worker import examples, load_model
+    from hvdat.eval.cascade import ChunkResult, evaluate_chunk
+    from hvdat.eval.summary import summarise
 
     class Quantised(torch.nn.Module):
         def __init__(self, net):
@@ -215,7 +218,7 @@ def test_square_beating_the_white_box_attacks_is_flagged(plain_run):
 
 def test_plan_reports_every_departure_and_rejects_impossible_norms():
     from hvdat.errors import UsageError
-    from hvdat.eval_attacks import EVAL_ATTACKS, make_plan
+    from hvdat.eval.plan import EVAL_ATTACKS, make_plan
 
     plan = make_plan("autoattack", "standard", "linf", num_classes=5)
     assert plan.settings["apgd-t"].targets == 4 and plan.settings["fab-t"].targets == 4

@@ -5,13 +5,14 @@ import sys
 import pytest
 
 from hvdat.errors import UsageError
-from hvdat.launch import LaunchSpec, build_argv, parse_hostfile, parse_hosts
+from hvdat.launch import LaunchSpec, build_argv
+from hvdat.launch.spec import parse_hostfile, parse_hosts
 
-WORKER = [sys.executable, "-m", "hvdat.worker", "--config", "run/config.json"]
+WORKER = [sys.executable, "-m", "hvdat.train.worker", "--config", "run/config.json"]
 
 
 def argv(**kw):
-    return build_argv(LaunchSpec(**kw), "hvdat.worker", "run/config.json", horovodrun="horovodrun")
+    return build_argv(LaunchSpec(**kw), "hvdat.train.worker", "run/config.json", horovodrun="horovodrun")
 
 
 def test_single_local_worker_runs_directly():

@@ -24,7 +24,7 @@ def test_network_options_reach_horovodrun(tmp_path):
     assert opts[1:] == ["-np", "16", "-H", "host1:8,host2:8", "--mpi", "--ssh-port", "12345",
                         "--ssh-identity-file", str(key), "--network-interfaces", "ib0,eth0",
                         "--mpi-args", "-x NCCL_IB_HCA=mlx5 --mca btl_tcp_if_include eth0"]
-    assert argv[-4:-1] == ["-m", "hvdat.worker", "--config"]
+    assert argv[-4:-1] == ["-m", "hvdat.train.worker", "--config"]
 
 
 @pytest.mark.parametrize("args, fragment", [

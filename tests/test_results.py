@@ -86,7 +86,7 @@ def test_extra_data_that_does_not_fit_the_dataset_is_a_one_line_error_before_lau
 
 def _scripted_collapse(tmp_path, env, **settings):
     """Digits FGSM for 3 epochs with the guard's check scripted to collapse at epoch 3 (see co_guard_job.py)."""
-    from hvdat.config import TrainConfig
+    from hvdat.train.config import TrainConfig
 
     cfg = TrainConfig(dataset="digits", eps=0.1, attack="fgsm", epochs=3, batch_size=64, eval_samples=32,
                       eval_steps=2, co_guard=True, co_guard_steps=2, out=str(tmp_path / "run"), **settings)
@@ -143,7 +143,7 @@ BENCHES = {"methods": [], "scaling": [], "compression": [], "co_guard": [], "unl
 
 @pytest.mark.parametrize("bench", sorted(BENCHES))
 def test_bench_smoke(bench, tmp_path, cifar_dir):
-    args = [sys.executable, str(REPO / "bench" / f"{bench}.py"), "--smoke", "--out", str(tmp_path)]
+    args = [sys.executable, str(REPO / "experiments" / f"{bench}.py"), "--smoke", "--out", str(tmp_path)]
     if bench != "train_step":
         args += ["--data-dir", str(cifar_dir)]
     proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},

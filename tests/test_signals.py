@@ -69,7 +69,7 @@ def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path)
 
 WRITER = textwrap.dedent("""
     import sys, torch
-    from hvdat import checkpoint
+    from hvdat.runtime import checkpoint
     path = sys.argv[1]
     checkpoint.save_atomic({"model": {"w": torch.zeros(4)}, "arch": "small-cnn", "version": 0}, path)
     print("saved", flush=True)
@@ -82,7 +82,7 @@ WRITER = textwrap.dedent("""
 
 
 def test_sigkill_during_checkpoint_write_leaves_the_previous_checkpoint_loadable(tmp_path):
-    from hvdat import checkpoint
+    from hvdat.runtime import checkpoint
 
     path = tmp_path / checkpoint.LAST
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,

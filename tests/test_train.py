@@ -7,7 +7,7 @@ import torch
 from rich.console import Console
 
 from conftest import QUICK, read_metrics, run_hvdat
-from hvdat.progress import epochs_table
+from hvdat.cli.progress import epochs_table
 
 TIMING = {"images_per_sec", "seconds", "train_seconds"}
 REQUIRED = {"epoch", "train_loss", "train_acc", "test_clean_acc", "test_robust_acc", "images_per_sec", "lr",

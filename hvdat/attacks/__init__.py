@@ -10,7 +10,7 @@ from typing import Callable, Optional, Tuple
 
 from ..registry import Registry
 from .objectives import AttackParams, adversarial_ce, natural, trades
-from .pgd import pgd, project, random_init
+from .pgd import madry_alpha, pgd, project, random_init
 
 
 @dataclass(frozen=True)
@@ -34,10 +34,6 @@ class AttackSpec:
 ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 
-def _madry_alpha(eps: float, steps: int) -> float:
-    return 2.5 * eps / steps
-
-
 for _spec in (
     AttackSpec("none", natural, lambda eps, steps: 0.0, ("linf", "l2"), 0, False,
                "natural training on clean images"),
@@ -45,11 +41,11 @@ for _spec in (
                "FGSM (Goodfellow et al. 2015): one step of size eps from x; prone to catastrophic overfitting"),
     AttackSpec("fgsm-rs", adversarial_ce, lambda eps, steps: 1.25 * eps, ("linf", "l2"), 1, True,
                "FGSM-RS (Wong et al. 2020): uniform start in the eps-ball, one step of 1.25*eps, projected"),
-    AttackSpec("pgd", adversarial_ce, _madry_alpha, ("linf", "l2"), None, True,
+    AttackSpec("pgd", adversarial_ce, madry_alpha, ("linf", "l2"), None, True,
                "PGD-AT (Madry et al. 2018): k steps of alpha (default 2.5*eps/k) from a random start"),
-    AttackSpec("trades", trades, _madry_alpha, ("linf", "l2"), None, False,
+    AttackSpec("trades", trades, madry_alpha, ("linf", "l2"), None, False,
                "TRADES (Zhang et al. 2019): CE(clean) + beta*KL(adv||clean), k-step KL attack"),
 ):
     ATTACKS.add(_spec.name, _spec)
 
-__all__ = ["ATTACKS", "AttackSpec", "AttackParams", "pgd", "project", "random_init"]
+__all__ = ["ATTACKS", "AttackSpec", "AttackParams", "madry_alpha", "pgd", "project", "random_init"]

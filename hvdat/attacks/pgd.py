@@ -16,6 +16,11 @@ import torch.nn.functional as F
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to maximise
 
 
+def madry_alpha(eps: float, steps: int) -> float:
+    """The step size of Madry et al.'s PGD: 2.5 * eps / steps."""
+    return 2.5 * eps / steps
+
+
 def cross_entropy_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 

@@ -9,7 +9,6 @@ event per compressor.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -18,7 +17,12 @@ from typing import Dict, List, Optional
 import torch
 
 from .. import events
-from ..worker_main import worker_main
+from ..compression import wire_bytes
+from ..runtime.distributed_optimizer import DistributedOptimizer
+from ..runtime.horovod_compression import build_compressor
+from ..runtime.worker_main import worker_main
+from ..runtime.world import World
+from .config import CommBenchConfig
 
 
 def gradient_shapes(arch: str) -> List[torch.Size]:
@@ -50,27 +54,21 @@ def time_codec(compressor, grads: List[torch.Tensor], size: int, repeats: int) -
     return {key: statistics.median(values) for key, values in times.items()}
 
 
-def bench(settings: Dict) -> None:
-    import horovod.torch as hvd
-
-    from ..compression import COMPRESSORS, wire_bytes
-    from ..compression.optimizer import DistributedOptimizer
-
-    hvd.init()
-    torch.set_num_threads(1)  # one core per rank: the throughput figures are per core
-    rank, size = hvd.rank(), hvd.size()
-    shapes = gradient_shapes(settings["arch"])
+def bench(cfg: CommBenchConfig) -> None:
+    world = World.start(threads=1)  # one core per rank: the throughput figures are per core
+    hvd, rank, size = world.hvd, world.rank, world.size
+    shapes = gradient_shapes(cfg.arch)
     generator = torch.Generator().manual_seed(rank)
     params = [torch.nn.Parameter(torch.zeros(shape)) for shape in shapes]
     grads = [torch.randn(shape, generator=generator) * 1e-3 for shape in shapes]
     numels = [g.numel() for g in grads]
     fp32 = 4 * sum(numels)
-    for name in settings["compressions"]:
-        compressor = COMPRESSORS.get(name).build(rank)
+    for name in cfg.compressions:
+        compressor = build_compressor(name, rank)
         optimizer = DistributedOptimizer(torch.optim.SGD(params, lr=0.0), [(str(i), p) for i, p in
                                                                             enumerate(params)], compressor)
         seconds = []
-        for step in range(settings["warmup"] + settings["steps"]):
+        for step in range(cfg.warmup + cfg.steps):
             for p, g in zip(params, grads):
                 p.grad = g.clone()
             hvd.barrier()
@@ -79,12 +77,12 @@ def bench(settings: Dict) -> None:
                 optimizer._handles[p] = optimizer._allreduce_grad_async(p)
             optimizer.synchronize()
             elapsed = time.perf_counter() - start
-            if step >= settings["warmup"]:
+            if step >= cfg.warmup:
                 seconds.append(elapsed)
         # every rank waits for the slowest: report the slowest rank's median
         exchange = max(hvd.allgather_object(statistics.median(seconds), name=f"bench.{name}"))
         if rank == 0:
-            codec = time_codec(COMPRESSORS.get(name).build(rank), grads, size, settings["codec_repeats"])
+            codec = time_codec(build_compressor(name, rank), grads, size, cfg.codec_repeats)
             events.emit("row", compression=name, exchange_seconds=exchange,
                         bytes_per_worker=wire_bytes(name, shapes), fp32_bytes=fp32, world_size=size,
                         parameters=sum(numels), tensors=len(numels), **codec)
@@ -92,7 +90,7 @@ def bench(settings: Dict) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return worker_main(lambda path: bench(json.loads(path.read_text())), "python -m hvdat.bench.comm_worker", __doc__, argv)
+    return worker_main(lambda path: bench(CommBenchConfig.load(path)), "python -m hvdat.bench.comm_worker", __doc__, argv)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 
 Each entry builds a Horovod-style compressor (`compress(t) -> (payload, ctx)`, `decompress(payload, ctx) -> t`).
 `none` and `fp16` are Horovod's own (allreduce); `sign`, `ef-sign` and `natural` are packed into uint8 payloads
-that travel through `hvd.allgather` (see `optimizer.py`). Horovod is imported only when a compressor is built or
-`Compression` is used, so the CLI can list and validate names without it.
+that travel through `hvd.allgather` (see `hvdat.runtime.distributed_optimizer`). The codecs are pure maths (numpy
+and torch); Horovod is imported only when `none`/`fp16` are built.
 """
 
 from __future__ import annotations
@@ -24,23 +24,23 @@ def numel(shape: Shape) -> int:
 
 @dataclass(frozen=True)
 class CompressorSpec:
+    """A compressor and what it demands of the rest of the run (checked by `hvdat train` before launch)."""
+
     name: str
-    build: Callable[[Optional[int]], Any]  # seed -> a fresh compressor (seed the per-rank RNG; ignored if unused)
     bits_per_element: float  # what one fp32 gradient element costs on the wire
     doc: str
     wire_bytes: Callable[[Shape], int]  # exact payload bytes per worker for an fp32 tensor of that shape
+    codec: Optional[Callable[[Optional[int]], Any]] = None  # seed -> a packed codec (allgather); None: Horovod's own
+    horovod_member: str = ""  # for Horovod's own (allreduce): the `horovod.torch.Compression` member
+    needs_sgd: bool = False  # sends each worker's SGD update (`--optimizer sgd` only)
+    allows_fp16_amp: bool = True  # False: its state would hold loss-scaled values under --amp fp16
+
+    @property
+    def packed(self) -> bool:
+        return self.codec is not None
 
 
 COMPRESSORS: Registry[CompressorSpec] = Registry("compression")
-
-
-def _horovod(member: str) -> Callable[[Optional[int]], Any]:
-    def build(seed: Optional[int] = None):
-        from horovod.torch import Compression
-
-        return getattr(Compression, member)
-
-    return build
 
 
 def _ours(module: str, cls: str) -> Callable[[Optional[int]], Any]:
@@ -57,38 +57,27 @@ def _sign_bytes(shape: Shape) -> int:
 
 
 def _ef_sign_bytes(shape: Shape) -> int:
-    from .ef_sign import wire_bytes as ef_wire_bytes  # numpy/torch only, no Horovod
+    from .ef_sign import wire_bytes as ef_wire_bytes
 
     return ef_wire_bytes(shape)
 
 
-COMPRESSORS.add("none", CompressorSpec("none", _horovod("none"), 32, "fp32 allreduce (Horovod's own)",
-                                       lambda shape: 4 * numel(shape)))
-COMPRESSORS.add("fp16", CompressorSpec("fp16", _horovod("fp16"), 16, "fp16 allreduce (Horovod's own)",
-                                       lambda shape: 2 * numel(shape)))
-COMPRESSORS.add("sign", CompressorSpec("sign", _ours("sign", "SignCompressor"), 1,
-                                       "signSGD with majority vote, 1 bit/element (allgather)", _sign_bytes))
-COMPRESSORS.add("ef-sign", CompressorSpec("ef-sign", _ours("ef_sign", "EFSignCompressor"), 1,
-                                          "blockwise scaled sign of the local momentum update with error feedback, "
-                                          "1 bit/element + one fp32 scale per row (allgather)", _ef_sign_bytes))
-COMPRESSORS.add("natural", CompressorSpec("natural", _ours("natural", "NaturalCompressor"), 8,
-                                          "natural compression, unbiased power-of-two rounding, 8 bits/element "
-                                          "(allgather)", lambda shape: 1 + numel(shape)))
+COMPRESSORS.add("none", CompressorSpec("none", 32, "fp32 allreduce (Horovod's own)", lambda shape: 4 * numel(shape),
+                                       horovod_member="none"))
+COMPRESSORS.add("fp16", CompressorSpec("fp16", 16, "fp16 allreduce (Horovod's own)", lambda shape: 2 * numel(shape),
+                                       horovod_member="fp16"))
+COMPRESSORS.add("sign", CompressorSpec("sign", 1, "signSGD with majority vote, 1 bit/element (allgather)", _sign_bytes,
+                                       codec=_ours("sign", "SignCompressor")))
+COMPRESSORS.add("ef-sign", CompressorSpec(
+    "ef-sign", 1, "blockwise scaled sign of the local momentum update with error feedback, 1 bit/element + one fp32 "
+    "scale per row (allgather)", _ef_sign_bytes, codec=_ours("ef_sign", "EFSignCompressor"), needs_sgd=True,
+    allows_fp16_amp=False))
+COMPRESSORS.add("natural", CompressorSpec("natural", 8, "natural compression, unbiased power-of-two rounding, 8 "
+                                          "bits/element (allgather)", lambda shape: 1 + numel(shape),
+                                          codec=_ours("natural", "NaturalCompressor")))
 
 
 def wire_bytes(name: str, shapes: Iterable[Shape]) -> int:
     """Exact bytes one worker hands to Horovod per step for fp32 gradients of these shapes (or 1-D sizes)."""
     spec = COMPRESSORS.get(name)
     return sum(spec.wire_bytes(shape if isinstance(shape, int) else tuple(shape)) for shape in shapes)
-
-
-def __getattr__(name: str) -> Any:  # lazy: these import Horovod
-    if name == "Compression":
-        from .api import Compression
-
-        return Compression
-    if name == "DistributedOptimizer":
-        from .optimizer import DistributedOptimizer
-
-        return DistributedOptimizer
-    raise AttributeError(name)

@@ -1,0 +1,69 @@
+"""`hvdat eval`: options from EvalConfig and LaunchSpec, a live progress bar, the report table or JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict
+
+import typer
+from rich.table import Table
+from typing_extensions import Annotated
+
+from ..attacks.budget import format_eps
+from ..eval.config import EvalConfig
+from ..launch import LaunchSpec, shell_quote
+from ..launch.spec import ELASTIC_OPTIONS
+from .app import app, err, out
+from .options import DryRun, Json, with_options
+from .progress import EvalProgress
+
+
+@app.command("eval")
+@with_options(spec=ELASTIC_OPTIONS)
+def eval_command(
+    target: Annotated[Path, typer.Argument(help="A run directory (uses best.pt, else last.pt) or a checkpoint.")],
+    request: EvalConfig,
+    spec: LaunchSpec,
+    dry_run: DryRun = False,
+    as_json: Json = False,
+) -> None:
+    """Evaluate robustness with AutoAttack, PGD, CW, FGSM, ... sharded over Horovod ranks."""
+    from ..eval.run import eval_argv, prepare, run_eval
+
+    cfg = prepare(target, request.replace(np=spec.np))
+    argv = eval_argv(cfg, spec)
+    if dry_run:
+        out.print(shell_quote(argv), highlight=False, soft_wrap=True)
+        return
+    with EvalProgress(err) as progress:
+        report = run_eval(cfg, argv, progress.handle)
+    if as_json:
+        out.print_json(json.dumps({k: v for k, v in report.items() if k != "examples"}))
+        return
+    out.print(report_table(report))
+    for departure in report["departures"]:
+        err.print(f"[yellow]departure from the reference:[/] {departure}", highlight=False)
+    for entry in report["sweep"]:
+        for flag, value in entry["sanity"].items():
+            if value["raised"]:
+                err.print(f"[bold yellow]warning[/] ({flag}, eps {format_eps(entry['eps'], report['norm'])}): "
+                          f"{value['detail']}", highlight=False)
+    err.print(f"[dim]report: {cfg.out}[/]", highlight=False)
+
+
+def report_table(report: Dict[str, Any]) -> Table:
+    norm = report["norm"]
+    name = report["attack"] + (f" ({report['version']})" if report.get("version") else "")
+    table = Table(title=f"hvdat eval: {name}, {norm}, {report['n_examples']} examples, "
+                        f"{report['world_size']} worker(s), {report['seconds']:.1f} s")
+    table.add_column("")
+    for entry in report["sweep"]:
+        table.add_column(f"eps {format_eps(entry['eps'], norm)}", justify="right")
+    table.add_row("clean accuracy", *[f"{report['clean_accuracy']:.2%}"] * len(report["sweep"]))
+    for stage in report["stages"]:
+        table.add_row(f"  after {stage}", *[f"{e['stages'][stage]:.2%}" for e in report["sweep"]])
+    table.add_row("[bold]robust accuracy[/]", *[f"[bold]{e['robust_accuracy']:.2%}[/]" for e in report["sweep"]])
+    table.add_row("max perturbation", *[f"{e['max_perturbation']:.4g}" + ("" if e["perturbation_ok"] else " !")
+                                        for e in report["sweep"]])
+    return table

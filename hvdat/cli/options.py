@@ -1,0 +1,92 @@
+"""Typer options built from the config dataclasses' option declarations (`hvdat.options`), plus the few flags that
+steer a command rather than fill a config (`--dry-run`, `--json`).
+
+`@with_options()` on a command replaces each parameter annotated with a config dataclass (`config: TrainConfig`,
+`spec: LaunchSpec`) by that dataclass's declared options, and calls the command with the dataclass built from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import typer
+from typing_extensions import Annotated
+
+from ..options import CLUSTER, OUTPUT, Option, declared_options
+
+DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the exact launch command and exit.",
+                                      rich_help_panel=CLUSTER)]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).",
+                                    rich_help_panel=OUTPUT)]
+
+
+def _typer_option(name: str, declared: Option, field_type: Any, default: Any) -> Any:
+    cli_type = declared.cli_type or field_type
+    if declared.cli_type is not None and default is None:
+        cli_type = Optional[declared.cli_type]
+    return Annotated[cli_type, typer.Option(*declared.flags, help=declared.help_text(),
+                                            rich_help_panel=declared.panel or None)]
+
+
+def parameters(cls: type, exclude: Sequence[str] = ()) -> List[inspect.Parameter]:
+    """One keyword-only parameter per declared option of `cls` (required where the field has no default)."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    params = []
+    for name, declared in declared_options(cls).items():
+        if name in exclude:
+            continue
+        default = fields[name].default
+        annotation = _typer_option(name, declared, hints[name], None if default is dataclasses.MISSING else default)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                        default=inspect.Parameter.empty if default is dataclasses.MISSING else default))
+    return params
+
+
+def build(cls: type, values: Dict[str, Any]) -> Any:
+    """The dataclass from its options' command-line values (each converted by its declaration)."""
+    declared = declared_options(cls)
+    return cls(**{name: spec.to_field_value(values[name], values) for name, spec in declared.items() if name in values})
+
+
+def with_options(**exclude: Sequence[str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Expand the command's config-dataclass parameters into their options; `exclude=dict(spec=(...))` leaves
+    some of a dataclass's options out of this command."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        signature = inspect.signature(command, eval_str=True)
+        configs: Dict[str, type] = {}
+        expanded_names: Dict[str, List[str]] = {}
+        params: List[inspect.Parameter] = []
+        seen: Dict[str, str] = {}
+        for param in signature.parameters.values():
+            if dataclasses.is_dataclass(param.annotation) and declared_options(param.annotation):
+                configs[param.name] = param.annotation
+                expanded_names[param.name] = []
+                for expanded in parameters(param.annotation, exclude.get(param.name, ())):
+                    expanded_names[param.name].append(expanded.name)
+                    if expanded.name in seen:
+                        raise TypeError(f"option {expanded.name!r} declared by both {seen[expanded.name]} and "
+                                        f"{param.annotation.__name__}")
+                    seen[expanded.name] = param.annotation.__name__
+                    params.append(expanded)
+            else:
+                params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+        @functools.wraps(command)
+        def run(**values: Any) -> Any:
+            built = {}
+            for name, cls in configs.items():
+                own = {key: values.pop(key) for key in expanded_names[name]}
+                built[name] = build(cls, own)
+            return command(**built, **values)
+
+        run.__signature__ = signature.replace(parameters=params)
+        run.__annotations__ = {p.name: p.annotation for p in params}
+        return run
+
+    return decorate

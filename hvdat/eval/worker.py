@@ -1,0 +1,100 @@
+"""A Horovod evaluation worker: `python -m hvdat.eval.worker --config WORK/config.json`.
+
+Rank 0 reads the checkpoint and broadcasts it. Every rank evaluates its own chunks (chunk c goes to rank
+c % size), appends each finished chunk to its state file, and at the end the per-example results are gathered;
+rank 0 summarises them and emits the `result` event that `hvdat eval` turns into its report.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+
+from .. import events
+from ..data import UInt8Images, load_splits
+from ..models import build_model
+from ..runtime import checkpoint
+from ..runtime.seeds import seed_for
+from ..runtime.worker_main import worker_main
+from ..runtime.world import World
+from .cascade import ChunkResult, evaluate_chunk
+from .chunks import ChunkStore, chunk_bounds, chunks_of_rank
+from .config import EvalConfig
+from .plan import Plan
+from .stages import StageRunner
+from .summary import summarise
+
+
+def examples(test, start: int, stop: int, device: torch.device):
+    if isinstance(test, UInt8Images):
+        return test.images[start:stop].to(device).float().div_(255), test.labels[start:stop].to(device)
+    items = [test[i] for i in range(start, stop)]
+    return torch.stack([x for x, _ in items]).to(device), torch.tensor([int(y) for _, y in items], device=device)
+
+
+def load_model(state: Dict, device: torch.device) -> torch.nn.Module:
+    shape = tuple(state["shape"])
+    model = build_model(state["arch"], state["num_classes"], shape, [0.0] * shape[0], [1.0] * shape[0])
+    model.load_state_dict(state["model"])  # mean/std buffers come from the checkpoint
+    model.to(device).eval()
+    model.requires_grad_(False)  # attacks need input gradients only
+    return model
+
+
+def evaluate(cfg: EvalConfig) -> None:
+    world = World.start(cfg.threads)
+    rank, size, device = world.rank, world.size, world.device
+    state = checkpoint.load(Path(cfg.checkpoint)) if rank == 0 else None
+    state = world.broadcast_object(state, name="checkpoint")  # no shared filesystem needed for the checkpoint
+    model = load_model(state, device)
+    test = load_splits(cfg.dataset, cfg.data_dir, train_samples=1).test
+    plan = Plan.from_dict(cfg.plan)  # resolved by `hvdat eval` before launch
+    bounds = chunk_bounds(cfg.n_examples, cfg.batch_size)
+    mine = chunks_of_rank(len(bounds), rank, size)
+    store = ChunkStore(Path(cfg.work_dir), cfg.fingerprint, rank)
+    done = store.load()
+    # every rank reads before any writes (a fast rank's new chunk is not "resumed"); no shared filesystem needed
+    done = {c: r for part in world.allgather_object(done, name="eval.resumed") for c, r in part.items()}
+    store.open()
+    runners = [StageRunner(model, plan, eps, cfg.seed, device) for eps in cfg.eps]
+    resumed = sum(1 for c in range(len(bounds)) if c in done)
+    resumed_examples = sum(bounds[c][1] - bounds[c][0] for c in done if c < len(bounds))
+    if rank == 0:
+        events.emit("start", n_examples=cfg.n_examples, chunks=len(bounds), world_size=size, stages=list(plan.stages),
+                    resumed_chunks=resumed, resumed_examples=resumed_examples)
+    start = time.perf_counter()
+    results: List[ChunkResult] = []
+    for c in mine:
+        if c in done:
+            results.append(done[c])
+            continue
+        chunk_start = time.perf_counter()
+        lo, hi = bounds[c]
+        x, y = examples(test, lo, hi, device)
+        clean_pred, per_eps, randomized = evaluate_chunk(model, x, y, plan, runners, seed_for(cfg.seed, c))
+        result = ChunkResult(c, list(range(lo, hi)), y.tolist(), clean_pred, per_eps, randomized,
+                             time.perf_counter() - chunk_start)
+        store.append(result)
+        results.append(result)
+        events.emit("chunk", rank=rank, chunk=c, examples=hi - lo, seconds=result.seconds)
+    compute_seconds = time.perf_counter() - start
+    gathered = world.allgather_object(results, name="eval.results")
+    rank_seconds = world.allgather_object(compute_seconds, name="eval.seconds")
+    if rank == 0:
+        summary = summarise([r for part in gathered for r in part], plan, cfg.eps)
+        summary.update(seconds=time.perf_counter() - start, rank_seconds=rank_seconds, world_size=size,
+                       plan=plan.to_dict(), num_classes=state["num_classes"], arch=state["arch"],
+                       threads=torch.get_num_threads(), resumed_chunks=resumed, resumed_examples=resumed_examples)
+        events.emit("result", **summary)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return worker_main(lambda path: evaluate(EvalConfig.load(path)), "python -m hvdat.eval.worker", __doc__, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""The launcher side: horovodrun/mpirun argv (static and elastic), the job process and its event stream.
+
+Imports no torch and no worker module: it only builds argv, runs it, and reads what the workers print.
+"""
+
+from .argv import build_argv, shell_quote
+from .job import JobResult, raise_for_failure, run_job
+from .spec import LaunchSpec, slots_of, validate
+
+__all__ = ["LaunchSpec", "build_argv", "shell_quote", "run_job", "raise_for_failure", "JobResult", "slots_of",
+           "validate"]

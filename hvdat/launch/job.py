@@ -1,0 +1,110 @@
+"""Runs a launched job: streams its output into a log, routes the workers' events, and explains failures."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set
+
+from .. import events
+from ..errors import JobFailed, UsageError
+
+TAIL_LINES = 12
+EventHandler = Callable[[dict], None]
+
+
+@dataclass
+class JobResult:
+    returncode: int
+    failed_ranks: Dict[int, str] = field(default_factory=dict)  # rank -> error message
+    usage_ranks: Set[int] = field(default_factory=set)  # ranks whose error was the user's (a UsageError)
+    tails: Dict[Optional[int], List[str]] = field(default_factory=dict)  # rank (None: horovodrun) -> last lines
+
+
+def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Optional[Dict[str, str]] = None,
+            echo: Optional[Callable[[str], None]] = None) -> JobResult:
+    """Run argv to completion. Ctrl-C (or SIGTERM to us) is forwarded to the whole job as SIGTERM so workers can
+    write a final checkpoint; a second Ctrl-C kills the job."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
+    failed: Dict[int, str] = {}
+    usage: Set[int] = set()
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                text=True, bufsize=1, env=full_env, start_new_session=True, errors="replace")
+        reader = threading.Thread(target=_pump, args=(proc, log, tails, failed, usage, on_event, echo), daemon=True)
+        reader.start()
+        interrupts = 0
+        previous = _sigterm_as_interrupt()
+        while True:
+            try:
+                proc.wait()
+                break
+            except KeyboardInterrupt:
+                interrupts += 1
+                _signal_group(proc, signal.SIGTERM if interrupts == 1 else signal.SIGKILL)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        reader.join(timeout=10)
+    return JobResult(proc.returncode, failed, usage, {rank: list(lines) for rank, lines in tails.items()})
+
+
+def _pump(proc, log, tails, failed, usage, on_event, echo) -> None:
+    for line in proc.stdout:
+        log.write(line)
+        log.flush()
+        rank, text = events.split_prefix(line.rstrip("\n"))
+        event = events.parse(text)
+        if event is None:
+            tails[rank].append(text)
+            if echo is not None:
+                echo(line.rstrip("\n"))
+            continue
+        if event.get("event") == "error":
+            failed[int(event.get("rank", rank or 0))] = event.get("message", "")
+            if event.get("usage"):
+                usage.add(int(event.get("rank", rank or 0)))
+        on_event(event)
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM to the launcher (a scheduler's preemption, `kill`) counts as a Ctrl-C; returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
+    """Turn a non-zero exit into one clear error naming the failing rank, with that rank's last lines."""
+    if result.returncode == 0:
+        return
+    if result.failed_ranks:
+        rank, message = sorted(result.failed_ranks.items())[0]
+        if rank in result.usage_ranks:  # the user's mistake, found by a worker: one line, exit 2
+            raise UsageError(message)
+        lines = result.tails.get(rank) or result.tails.get(None) or []
+        summary = f"{what} failed on rank {rank}: {message}"
+    else:
+        rank = next((r for r in sorted(k for k in result.tails if k is not None)), None)
+        lines = result.tails.get(None) or result.tails.get(rank) or []
+        summary = f"{what} exited with code {result.returncode}"
+    detail = "\n".join("    " + line for line in lines[-TAIL_LINES:])
+    raise JobFailed(f"{summary}\n  full log: {log_path}" + (f"\n  last lines:\n{detail}" if detail else ""),
+                    exit_code=result.returncode or 1)

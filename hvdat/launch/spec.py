@@ -1,0 +1,156 @@
+"""Where a job runs: the launch options (`--np`, `-H`, `--hostfile`, `--launcher`, ssh, NICs, elastic), parsed and
+checked. Pure: imports no torch and runs nothing.
+
+Horovod elastic runs on Gloo only; it blacklists a failed worker's whole host, so on one machine the discovery
+script lists distinct names for it (`localhost:1`, `127.0.0.1:1`, `$(hostname):1`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from ..errors import UsageError
+from ..options import CLUSTER, option
+
+LAUNCHERS = ("gloo", "mpi")
+ELASTIC_OPTIONS = ("min_np", "max_np", "host_discovery_script")  # `hvdat train` only
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)*$"
+)
+_INTERFACE = re.compile(r"^[A-Za-z0-9_.:\-]{1,32}$")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    np: int = option(1, "Number of workers (Horovod ranks).", CLUSTER, flags=("--np",))
+    hosts: Optional[str] = option(None, "Hosts and slots, e.g. host1:4,host2:4.", CLUSTER, flags=("-H", "--hosts"))
+    hostfile: Optional[str] = option(None, "File with one `host slots=N` per line.", CLUSTER, cli_type=Path)
+    launcher: str = option("gloo", "Horovod controller: gloo or mpi.", CLUSTER)
+    ssh_port: Optional[int] = option(None, "SSH port on the remote hosts.", CLUSTER)
+    ssh_identity_file: Optional[str] = option(None, "SSH private key for the remote hosts.", CLUSTER, cli_type=Path)
+    network_interfaces: Optional[str] = option(None, "NICs Horovod may use, e.g. eth0,ib0.", CLUSTER)
+    # passed to mpirun verbatim, as one argument (horovodrun splits it)
+    mpi_args: Optional[str] = option(None, "Extra mpirun arguments (with --launcher mpi).", CLUSTER)
+    min_np: Optional[int] = option(
+        None, "Elastic (Gloo): keep training while at least this many workers are alive.", CLUSTER, flags=("--min-np",)
+    )
+    max_np: Optional[int] = option(None, "Elastic: grow up to this many workers.", CLUSTER, flags=("--max-np",))
+    host_discovery_script: Optional[str] = option(
+        None, "Elastic: executable printing the usable host:slots, one per line.", CLUSTER, cli_type=Path
+    )
+
+    @property
+    def elastic(self) -> bool:
+        return self.min_np is not None or self.max_np is not None or self.host_discovery_script is not None
+
+
+def parse_hosts(text: str) -> List[Tuple[str, int]]:
+    """`host1:4,host2:4` -> [(host1, 4), (host2, 4)]; a host without `:slots` has one slot, as in horovodrun."""
+    hosts = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, _, slots = item.partition(":")
+        hosts.append((_check_host(name, text), _slots(slots or "1", item)))
+    if not hosts:
+        raise UsageError(f"no hosts in {text!r}", "write -H host1:4,host2:4")
+    return hosts
+
+
+def parse_hostfile(path: str) -> List[Tuple[str, int]]:
+    """Lines of `host slots=N` (horovodrun/mpirun style) or `host:N`; `#` starts a comment."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"hostfile {path} does not exist", "write one `host slots=N` per line")
+    hosts = []
+    for number, raw in enumerate(file.read_text().splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"(\S+?)(?::(\d+)|\s+slots\s*=\s*(\d+))?", line)
+        if not match:
+            raise UsageError(f"{path}:{number}: cannot read {raw.strip()!r}", "write `host slots=N`")
+        slots = _slots(match.group(2) or match.group(3) or "1", line)
+        hosts.append((_check_host(match.group(1), f"{path}:{number}"), slots))
+    if not hosts:
+        raise UsageError(f"hostfile {path} lists no hosts", "write one `host slots=N` per line")
+    return hosts
+
+
+def _check_host(name: str, where: str) -> str:
+    if not _HOSTNAME.match(name):
+        raise UsageError(f"invalid host name {name!r} in {where!r}", "use a DNS name or IPv4 address")
+    return name
+
+
+def _slots(text: str, where: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"invalid slot count in {where!r}", "slots must be a positive integer, as in host:4")
+    return int(text)
+
+
+def slots_of(spec: LaunchSpec) -> List[Tuple[str, int]]:
+    if spec.hosts and spec.hostfile:
+        raise UsageError("give either -H/--hosts or --hostfile, not both")
+    if spec.hosts:
+        return parse_hosts(spec.hosts)
+    if spec.hostfile:
+        return parse_hostfile(spec.hostfile)
+    return [("localhost", spec.np)]
+
+
+def initial_np(spec: LaunchSpec) -> int:
+    """Elastic workers to start with: --np, raised to --min-np (the default --np 1 means 'as few as allowed')."""
+    return max(spec.np, spec.min_np or 1)
+
+
+def validate(spec: LaunchSpec) -> None:
+    if spec.np < 1:
+        raise UsageError(f"--np must be >= 1, got {spec.np}")
+    if spec.launcher not in LAUNCHERS:
+        raise UsageError(f"unknown launcher {spec.launcher!r}", f"choose from: {', '.join(LAUNCHERS)}")
+    total = sum(slots for _, slots in slots_of(spec))
+    if spec.np > total and not spec.host_discovery_script:
+        raise UsageError(
+            f"--np {spec.np} is more than the {total} slots in the host list",
+            "add hosts or slots (-H host:SLOTS), or lower --np",
+        )
+    if spec.ssh_port is not None and not 0 < spec.ssh_port < 65536:
+        raise UsageError(f"--ssh-port {spec.ssh_port} is not a port number")
+    if spec.ssh_identity_file and not Path(spec.ssh_identity_file).is_file():
+        raise UsageError(f"--ssh-identity-file {spec.ssh_identity_file} does not exist")
+    if spec.elastic:
+        _validate_elastic(spec)
+    if spec.network_interfaces and not all(_INTERFACE.match(i) for i in spec.network_interfaces.split(",")):
+        raise UsageError(f"invalid --network-interfaces {spec.network_interfaces!r}", "write e.g. eth0,ib0")
+    if spec.mpi_args and spec.launcher != "mpi":
+        raise UsageError("--mpi-args needs --launcher mpi")
+
+
+def _validate_elastic(spec: LaunchSpec) -> None:
+    if spec.launcher != "gloo":
+        raise UsageError("elastic training (--min-np/--max-np) runs on Gloo only", "drop --launcher mpi")
+    if spec.min_np is None or spec.max_np is None:
+        raise UsageError("elastic training needs both --min-np and --max-np")
+    if not 1 <= spec.min_np <= spec.max_np:
+        raise UsageError(f"need 1 <= --min-np <= --max-np, got {spec.min_np} and {spec.max_np}")
+    if not spec.min_np <= initial_np(spec) <= spec.max_np:
+        raise UsageError(f"--np {spec.np} is outside --min-np {spec.min_np} .. --max-np {spec.max_np}")
+    script = spec.host_discovery_script
+    if script is None:
+        if not (spec.hosts or spec.hostfile):
+            raise UsageError(
+                "elastic training needs --host-discovery-script (or a fixed -H/--hostfile)",
+                "write a script that prints the usable `host:slots`, one per line",
+            )
+        return
+    if spec.hosts or spec.hostfile:
+        raise UsageError("give either --host-discovery-script or -H/--hostfile, not both")
+    if not Path(script).is_file() or not os.access(script, os.X_OK):
+        raise UsageError(f"--host-discovery-script {script} is not an executable file", f"chmod +x {script}")
+
+
+def is_local_single(spec: LaunchSpec) -> bool:
+    return spec.np == 1 and not spec.hosts and not spec.hostfile and not spec.elastic

@@ -1,0 +1,1 @@
+"""`hvdat pseudo-label`: the frozen job config, the launcher side (run) and the sharded worker."""

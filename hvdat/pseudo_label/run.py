@@ -1,0 +1,59 @@
+"""`hvdat pseudo-label` on the launcher side, as plain functions: check the inputs, launch the sharded worker,
+return its summary."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+from ..errors import UsageError
+from ..launch import LaunchSpec, build_argv, raise_for_failure, run_job, validate
+from ..out_dirs import file_target
+from ..runtime import checkpoint
+from .config import PseudoLabelConfig
+
+WORKER = "hvdat.pseudo_label.worker"
+
+
+def prepare(request: PseudoLabelConfig, spec: LaunchSpec) -> PseudoLabelConfig:
+    """Every check that can fail before launch; the resolved job (its checkpoint file)."""
+    if request.which not in (checkpoint.LAST, checkpoint.BEST):
+        raise UsageError(f"unknown --checkpoint {request.which!r}",
+                         f"choose from: {checkpoint.LAST}, {checkpoint.BEST}")
+    model = Path(request.model)
+    ckpt = model / request.which if model.is_dir() else model
+    checkpoint.load(ckpt)  # a clear error for a missing or foreign file
+    if not Path(request.data_dir).is_dir():
+        raise UsageError(f"--data-dir {request.data_dir} does not exist", "point at a folder of unlabeled images")
+    if request.batch_size < 1 or request.limit < 0:
+        raise UsageError("--batch-size must be >= 1 and --limit >= 0")
+    validate(spec)
+    out_path = file_target(Path(request.out))
+    return request.replace(checkpoint=str(ckpt), out=str(out_path))
+
+
+def job_argv(job: PseudoLabelConfig, spec: LaunchSpec) -> List[str]:
+    return build_argv(spec, WORKER, job_file(job))
+
+
+def job_file(job: PseudoLabelConfig) -> Path:
+    out = Path(job.out)
+    return out.with_name(out.name + ".job.json")
+
+
+def run_pseudo_label(job: PseudoLabelConfig, argv: List[str],
+                     on_event: Callable[[dict], None] = lambda event: None) -> Dict[str, Any]:
+    """Write the job file, run the job (raises JobFailed on failure), return its summary."""
+    job.save(job_file(job))
+    out = Path(job.out)
+    log_path = out.with_name(out.name + ".log")
+    done: Dict[str, Any] = {}
+
+    def collect(event: dict) -> None:
+        if event.get("event") == "done":
+            done.update(event)
+        on_event(event)
+
+    result = run_job(argv, log_path, collect)
+    raise_for_failure(result, "pseudo-labelling", log_path)
+    return {k: v for k, v in done.items() if k != "event"}

@@ -1,0 +1,110 @@
+"""`hvdat train` on the launcher side, as plain functions: validate, check a resume, write the run folder, launch,
+collect the epochs. Rendering is the caller's: events go to the `on_event` callback it hands in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from ..errors import UsageError
+from ..launch import LaunchSpec, build_argv, raise_for_failure, run_job, validate
+from ..out_dirs import make_dir
+from ..runtime import checkpoint
+from .config import TrainConfig
+from .run_folder import CONFIG_FILE, METRICS, TRAIN_LOG
+WORKER, ELASTIC_WORKER = "hvdat.train.worker", "hvdat.train.elastic"
+RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS)
+
+# What a resumed run may change: its length, where and how fast it runs, and its per-epoch check. Anything else
+# would make the checkpoint's run and config.json (rewritten on resume) describe a run that never happened.
+RESUME_MAY_CHANGE = frozenset({"epochs", "np", "threads", "out", "resume", "commit_every", "data_dir", "eval_samples",
+                               "eval_steps", "amp", "channels_last", "compile"})
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished (or gracefully stopped) job reported."""
+
+    out: str
+    epochs: List[Dict[str, Any]] = field(default_factory=list)
+    stopped: Optional[Dict[str, Any]] = None  # where a signal stopped it (epoch, batch, step, checkpoint)
+
+    def summary(self) -> Dict[str, Any]:
+        robust = [e["test_robust_acc"] for e in self.epochs if e["test_robust_acc"] is not None]
+        return {"out": self.out, "epochs": self.epochs, "final": self.epochs[-1],
+                "best_robust_acc": max(robust, default=None)}
+
+
+def check_resume_settings(config: TrainConfig, saved: TrainConfig) -> None:
+    def show(value) -> str:
+        return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+    changed = [f"--{name.replace('_', '-')} {show(getattr(saved, name))} -> {show(getattr(config, name))}"
+               for name in sorted(config.to_dict()) if name not in RESUME_MAY_CHANGE
+               and getattr(saved, name) != getattr(config, name)]
+    if changed:
+        raise UsageError(f"--resume with settings that differ from the run in {config.out}: {', '.join(changed)}",
+                         f"pass the run's settings (its {CONFIG_FILE}), or train into a new --out")
+
+
+def check_resume(config: TrainConfig) -> None:
+    """--resume needs this arch's checkpoint in --out, and the run's own training settings."""
+    out = Path(config.out)
+    state = checkpoint.load(out / checkpoint.LAST, arch=config.arch)  # clear error for a missing or foreign file
+    if (out / CONFIG_FILE).is_file():
+        check_resume_settings(config, TrainConfig.load(out / CONFIG_FILE))
+    if state.get("epoch", 0) >= config.epochs:
+        raise UsageError(f"the run in {out} already has {state['epoch']} of --epochs {config.epochs}",
+                         "raise --epochs to train it further")
+
+
+def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
+    """Check that --out fits --resume/--overwrite, and clear it when starting over."""
+    out = Path(config.out)
+    has_run = (out / checkpoint.LAST).exists()
+    if config.resume:
+        check_resume(config)
+    elif has_run and not overwrite:
+        raise UsageError(f"{out} already holds a run", "pass --resume to continue it, --overwrite to start over, "
+                                                       "or choose another --out")
+    elif overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    return make_dir(out)
+
+
+def prepare_training(config: TrainConfig, spec: LaunchSpec, dry_run: bool = False) -> List[str]:
+    """Every check that can fail before launch; the job's argv. A dry run also checks a --resume, touching nothing."""
+    config.validate()
+    validate(spec)
+    argv = build_argv(spec, ELASTIC_WORKER if spec.elastic else WORKER, Path(config.out) / CONFIG_FILE)
+    if dry_run and config.resume:
+        check_resume(config)
+    return argv
+
+
+def run_training(config: TrainConfig, argv: List[str], *, overwrite: bool,
+                 on_event: Callable[[dict], None]) -> TrainOutcome:
+    """Write the run folder, run the job to its end, and return what it reported (raises JobFailed on failure)."""
+    prepare_out(config, overwrite)
+    run_dir = Path(config.out)
+    config.save(run_dir / CONFIG_FILE)
+    log_path = run_dir / TRAIN_LOG
+    outcome = TrainOutcome(out=str(run_dir))
+
+    def collect(event: dict) -> None:
+        if event.get("event") == "epoch":
+            outcome.epochs.append(event)
+        elif event.get("event") == "stopped":
+            outcome.stopped = event
+        on_event(event)
+
+    result = run_job(argv, log_path, collect)
+    if outcome.stopped and result.returncode == 0:
+        return outcome
+    outcome.stopped = None
+    raise_for_failure(result, "training", log_path)
+    if not outcome.epochs:
+        raise UsageError("training produced no epochs", f"is --epochs larger than the epochs already in {run_dir}?")
+    return outcome
