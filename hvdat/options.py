@@ -32,6 +32,7 @@ class Option:
     flags: Tuple[str, ...] = ()  # default: --field-name (and --no-field-name for a bool)
     cli_type: Optional[type] = None  # what the command line parses, when it differs from the field (eps: str)
     parse: Optional[Parse] = None  # command-line value -> field value (default: paths become strings)
+    cli_default: Any = None  # the field's default as the command line writes it (eps: "8/255"), when it differs
 
     def help_text(self) -> str:
         return self.help() if callable(self.help) else self.help

@@ -41,6 +41,10 @@ def parameters(cls: type, exclude: Sequence[str] = ()) -> List[inspect.Parameter
         if name in exclude:
             continue
         default = fields[name].default
+        if declared.cli_default is not None:
+            default = declared.cli_default
+        elif fields[name].default_factory is not dataclasses.MISSING:
+            default = fields[name].default_factory()
         annotation = _typer_option(name, declared, hints[name], None if default is dataclasses.MISSING else default)
         params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                                         default=inspect.Parameter.empty if default is dataclasses.MISSING else default))

@@ -35,7 +35,7 @@ class EvalConfig(FrozenConfig):
     attack: str = option("autoattack", _attack_help, ATTACK)
     version: str = option("standard", "AutoAttack version: standard, plus or rand.", ATTACK)
     eps: Tuple[float, ...] = option((8 / 255,), "Budget in [0,1] pixels: 8/255, or a sweep 1/255,2/255,4/255,8/255.",
-                                    ATTACK, cli_type=str, parse=_eps)
+                                    ATTACK, cli_type=str, parse=_eps, cli_default="8/255")
     norm: str = option("linf", NORM, help="Threat model: linf, l2 or l1.")
     steps: Optional[int] = option(None, "Iterations (default: the attack's reference value; any change is reported).",
                                   ATTACK)  # None: the attack's reference default

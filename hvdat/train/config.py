@@ -79,7 +79,7 @@ class TrainConfig(FrozenConfig):
     # adversarial training
     attack: str = option("pgd", _attack_help, ATTACK)
     eps: float = option(8 / 255, "Perturbation budget in [0,1] pixels: 8/255 or 0.031.", ATTACK, cli_type=str,
-                        parse=_eps)
+                        parse=_eps, cli_default="8/255")
     alpha: Optional[float] = option(None, "Attack step size (default: the attack's own, e.g. 2.5*eps/steps for PGD, "
                                     "1.25*eps for FGSM-RS).", ATTACK, cli_type=str, parse=_alpha)
     steps: int = option(10, "PGD/TRADES attack steps.", ATTACK)
