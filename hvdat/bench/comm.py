@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 
 from ..compression import COMPRESSORS
 from ..errors import UsageError
-from ..launch import LaunchSpec, build_argv, raise_for_failure, run_job
+from ..launch import LaunchSpec, build_argv, raise_for_failure, run_collecting
 from ..launch.netns import parse_rate, shaped_namespace
 from .config import CommBenchConfig
 
@@ -54,7 +54,6 @@ def run_bench(cfg: CommBenchConfig, *, np: int, bandwidth: Optional[str], launch
 
     MODELS.get(cfg.arch)
     rate = parse_rate(bandwidth) if bandwidth else None
-    rows: List[Dict] = []
     with tempfile.TemporaryDirectory(prefix="hvdat-bench-") as tmp:
         config = Path(tmp) / "bench.json"
         cfg.save(config)
@@ -63,7 +62,6 @@ def run_bench(cfg: CommBenchConfig, *, np: int, bandwidth: Optional[str], launch
         with shaping as prefix:
             say(f"{cfg.arch} gradients, {np} ranks, {'link ' + rate if rate else 'unshaped loopback'}: "
                 f"{', '.join(cfg.compressions)}")
-            result = run_job(prefix + argv, Path(tmp) / "bench.log",
-                             lambda event: rows.append(event) if event.get("event") == "row" else None)
+            result, found = run_collecting(prefix + argv, Path(tmp) / "bench.log", lambda event: None, ("row",))
             raise_for_failure(result, "the benchmark", Path(tmp) / "bench.log")
-    return finish_rows([{k: v for k, v in row.items() if k != "event"} for row in rows])
+    return finish_rows([{k: v for k, v in row.items() if k != "event"} for row in found["row"]])

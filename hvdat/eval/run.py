@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 from ..errors import UsageError
-from ..launch import LaunchSpec, build_argv, raise_for_failure, run_job, validate
+from ..launch import LaunchSpec, build_argv, raise_for_failure, run_collecting, validate
 from ..out_dirs import file_target, make_dir
 from ..runtime import checkpoint
 from .config import EvalConfig
@@ -123,15 +123,9 @@ def run_eval(cfg: EvalConfig, argv: List[str], on_event: Callable[[dict], None])
     log_path = work / "logs" / "eval.log"
     log_path.unlink(missing_ok=True)
     start = time.perf_counter()
-    results: List[dict] = []
-
-    def collect(event: dict) -> None:
-        if event.get("event") == "result":
-            results.append(event)
-        on_event(event)
-
-    result = run_job(argv, log_path, collect)
+    result, found = run_collecting(argv, log_path, on_event, ("result",))
     raise_for_failure(result, "evaluation", log_path)
+    results = found["result"]
     if not results:
         raise UsageError("the evaluation finished without a result", f"see {log_path}")
     report = build_report(cfg, results[-1], time.perf_counter() - start)

@@ -4,8 +4,8 @@ Imports no torch and no worker module: it only builds argv, runs it, and reads w
 """
 
 from .argv import build_argv, shell_quote
-from .job import JobResult, raise_for_failure, run_job
+from .job import JobResult, raise_for_failure, run_collecting, run_job
 from .spec import LaunchSpec, slots_of, validate
 
-__all__ = ["LaunchSpec", "build_argv", "shell_quote", "run_job", "raise_for_failure", "JobResult", "slots_of",
+__all__ = ["LaunchSpec", "build_argv", "shell_quote", "run_job", "run_collecting", "raise_for_failure", "JobResult", "slots_of",
            "validate"]

@@ -9,7 +9,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Set
+from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .. import events
 from ..errors import JobFailed, UsageError
@@ -53,6 +53,19 @@ def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Op
             signal.signal(signal.SIGTERM, previous)
         reader.join(timeout=10)
     return JobResult(proc.returncode, failed, usage, {rank: list(lines) for rank, lines in tails.items()})
+
+
+def run_collecting(argv: Sequence[str], log_path: Path, on_event: EventHandler, kinds: Sequence[str],
+                   env: Optional[Dict[str, str]] = None) -> Tuple[JobResult, Dict[str, List[dict]]]:
+    """`run_job`, also keeping the events of the given kinds (e.g. `epoch`, `result`), in order."""
+    found: Dict[str, List[dict]] = {kind: [] for kind in kinds}
+
+    def collect(event: dict) -> None:
+        if event.get("event") in found:
+            found[event["event"]].append(event)
+        on_event(event)
+
+    return run_job(argv, log_path, collect, env), found
 
 
 def _pump(proc, log, tails, failed, usage, on_event, echo) -> None:

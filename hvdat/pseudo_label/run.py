@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 from ..errors import UsageError
-from ..launch import LaunchSpec, build_argv, raise_for_failure, run_job, validate
+from ..launch import LaunchSpec, build_argv, raise_for_failure, run_collecting, validate
 from ..out_dirs import file_target
 from ..runtime import checkpoint
 from .config import PseudoLabelConfig
@@ -47,13 +47,7 @@ def run_pseudo_label(job: PseudoLabelConfig, argv: List[str],
     job.save(job_file(job))
     out = Path(job.out)
     log_path = out.with_name(out.name + ".log")
-    done: Dict[str, Any] = {}
-
-    def collect(event: dict) -> None:
-        if event.get("event") == "done":
-            done.update(event)
-        on_event(event)
-
-    result = run_job(argv, log_path, collect)
+    result, found = run_collecting(argv, log_path, on_event, ("done",))
     raise_for_failure(result, "pseudo-labelling", log_path)
+    done = found["done"][-1] if found["done"] else {}
     return {k: v for k, v in done.items() if k != "event"}

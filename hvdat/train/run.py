@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import UsageError
-from ..launch import LaunchSpec, build_argv, raise_for_failure, run_job, validate
+from ..launch import LaunchSpec, build_argv, raise_for_failure, run_collecting, validate
 from ..out_dirs import make_dir
 from ..runtime import checkpoint
 from .config import TrainConfig
@@ -91,19 +91,11 @@ def run_training(config: TrainConfig, argv: List[str], *, overwrite: bool,
     run_dir = Path(config.out)
     config.save(run_dir / CONFIG_FILE)
     log_path = run_dir / TRAIN_LOG
-    outcome = TrainOutcome(out=str(run_dir))
-
-    def collect(event: dict) -> None:
-        if event.get("event") == "epoch":
-            outcome.epochs.append(event)
-        elif event.get("event") == "stopped":
-            outcome.stopped = event
-        on_event(event)
-
-    result = run_job(argv, log_path, collect)
-    if outcome.stopped and result.returncode == 0:
+    result, found = run_collecting(argv, log_path, on_event, ("epoch", "stopped"))
+    outcome = TrainOutcome(out=str(run_dir), epochs=found["epoch"])
+    if found["stopped"] and result.returncode == 0:
+        outcome.stopped = found["stopped"][-1]
         return outcome
-    outcome.stopped = None
     raise_for_failure(result, "training", log_path)
     if not outcome.epochs:
         raise UsageError("training produced no epochs", f"is --epochs larger than the epochs already in {run_dir}?")
