@@ -8,11 +8,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
+from ..attacks import ATTACKS
 from ..attacks.budget import parse_eps
+from ..compression import COMPRESSORS
+from ..data import DATASETS
 from ..errors import UsageError
 from ..frozen_config import FrozenConfig
+from ..models import MODELS
+from ..optim import OPTIMIZERS
+from ..registry import Registry
+from ..schedule import SCHEDULES
 from ..options import ATTACK, CLUSTER, DATA, DATA_DIR, FAST, NORM, OPTIM, OUTPUT, SEED, THREADS, option
 
 def _eps(value: Any, values: Dict[str, Any]) -> float:
@@ -23,40 +30,14 @@ def _alpha(value: Any, values: Dict[str, Any]) -> Optional[float]:
     return None if value is None else parse_eps(value, "alpha", values["norm"])
 
 
-def _dataset_help() -> str:
-    from ..data import DATASETS
-
-    return f"Dataset: {', '.join(DATASETS.names())}."
-
-
-def _arch_help() -> str:
-    from ..models import MODELS
-
-    return f"Model: {', '.join(MODELS.names())}, or any torchvision classifier (resnet50, ...)."
+def _names(prefix: str, registry: Registry, suffix: str = "") -> Callable[[], str]:
+    """Help that lists a registry's names (asked when the CLI is built)."""
+    return lambda: f"{prefix}: {', '.join(registry.names())}{suffix}."
 
 
-def _attack_help() -> str:
-    from ..attacks import ATTACKS
-
-    return "Training attack: " + "; ".join(f"{name}: {ATTACKS.get(name).doc}" for name in ATTACKS.names())
-
-
-def _optimizer_help() -> str:
-    from ..optim import OPTIMIZERS
-
-    return f"Optimizer: {', '.join(OPTIMIZERS.names())}."
-
-
-def _schedule_help() -> str:
-    from ..schedule import SCHEDULES
-
-    return f"LR schedule after warm-up: {', '.join(SCHEDULES.names())}."
-
-
-def _compression_help() -> str:
-    from ..compression import COMPRESSORS
-
-    return "Gradient compression: " + "; ".join(f"{name}: {COMPRESSORS.get(name).doc}" for name in COMPRESSORS.names())
+def _documented(prefix: str, registry: Registry) -> Callable[[], str]:
+    """Help that lists a registry's names with each entry's own doc line."""
+    return lambda: f"{prefix}: " + "; ".join(f"{name}: {registry.get(name).doc}" for name in registry.names())
 
 
 @dataclass(frozen=True)
@@ -69,15 +50,15 @@ class TrainConfig(FrozenConfig):
     commit_every: int = option(10, "Elastic: batches between state commits (a lost worker costs at most this many).",
                                CLUSTER)
     # data
-    dataset: str = option("digits", _dataset_help, DATA)
+    dataset: str = option("digits", _names("Dataset", DATASETS), DATA)
     data_dir: Optional[str] = option(None, DATA_DIR, cli_type=Path)
     train_samples: int = option(0, "Use a fixed random subset of the training set (0: all).", DATA)
     test_samples: int = option(0, "Use a fixed random subset of the test set (0: all).", DATA)
     augment: bool = option(True, "Dataset-appropriate augmentation (crop and flip for CIFAR).", DATA)
     # model
-    arch: str = option("small-cnn", _arch_help, DATA)
+    arch: str = option("small-cnn", _names("Model", MODELS, ", or any torchvision classifier (resnet50, ...)"), DATA)
     # adversarial training
-    attack: str = option("pgd", _attack_help, ATTACK)
+    attack: str = option("pgd", _documented("Training attack", ATTACKS), ATTACK)
     eps: float = option(8 / 255, "Perturbation budget in [0,1] pixels: 8/255 or 0.031.", ATTACK, cli_type=str,
                         parse=_eps, cli_default="8/255")
     alpha: Optional[float] = option(None, "Attack step size (default: the attack's own, e.g. 2.5*eps/steps for PGD, "
@@ -98,15 +79,15 @@ class TrainConfig(FrozenConfig):
     lr: float = option(0.1, "Peak LR for a global batch of --lr-base-batch.", OPTIM)
     lr_base_batch: int = option(128, "Global batch that --lr is meant for.", OPTIM)
     lr_scaling: str = option("linear", "Scale LR with global batch: linear, sqrt or none.", OPTIM)
-    optimizer: str = option("sgd", _optimizer_help, OPTIM)
+    optimizer: str = option("sgd", _names("Optimizer", OPTIMIZERS), OPTIM)
     momentum: float = option(0.9, "SGD/LARS momentum.", OPTIM)
     nesterov: bool = option(False, "Nesterov momentum (SGD/LARS).", OPTIM)
     weight_decay: float = option(5e-4, "Weight decay (not on BN or biases).", OPTIM)
-    schedule: str = option("cosine", _schedule_help, OPTIM)
+    schedule: str = option("cosine", _names("LR schedule after warm-up", SCHEDULES), OPTIM)
     warmup_epochs: float = option(0.0, "Linear LR warm-up epochs.", OPTIM)
     milestones: Tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of training where lr drops 10x
     # system
-    compression: str = option("none", _compression_help, CLUSTER)
+    compression: str = option("none", _documented("Gradient compression", COMPRESSORS), CLUSTER)
     threads: int = option(0, THREADS)
     out: str = option("runs/latest", "Run directory: config.json, metrics.jsonl, last.pt, best.pt, logs/.", OUTPUT,
                       flags=("--out",), cli_type=Path)
@@ -131,16 +112,13 @@ class TrainConfig(FrozenConfig):
 
     def validate(self) -> "TrainConfig":
         """Check every choice against its registry and every number against its range (UsageError on failure)."""
-        from .. import data, models, optim
-        from ..attacks import ATTACKS
-        from ..compression import COMPRESSORS
-        from ..schedule import SCHEDULES
+        from ..data import load_splits
         from .fast_path import AMP_DTYPES
 
-        data.DATASETS.get(self.dataset)
-        models.MODELS.get(self.arch)
+        DATASETS.get(self.dataset)
+        MODELS.get(self.arch)
         spec = ATTACKS.get(self.attack)
-        optim.OPTIMIZERS.get(self.optimizer)
+        OPTIMIZERS.get(self.optimizer)
         compressor = COMPRESSORS.get(self.compression)
         if compressor.needs_sgd and self.optimizer != "sgd":  # it sends each worker's SGD update
             raise UsageError(f"--compression {self.compression} needs --optimizer sgd, not {self.optimizer}",
@@ -190,11 +168,11 @@ class TrainConfig(FrozenConfig):
             _positive("--co-guard-steps", self.co_guard_steps)
             if not 0.0 < self.co_guard_ratio < 1.0:
                 raise UsageError(f"--co-guard-ratio must lie in (0, 1), got {self.co_guard_ratio}")
-        data.DATASETS.get(self.dataset).check_dir(self.data_dir)
+        DATASETS.get(self.dataset).check_dir(self.data_dir)
         if self.extra_data is not None:  # last: it needs the dataset's image shape and classes
             from ..data.extra import check_file
 
-            splits = data.load_splits(self.dataset, self.data_dir, train_samples=1, test_samples=1)
+            splits = load_splits(self.dataset, self.data_dir, train_samples=1, test_samples=1)
             check_file(self.extra_data, splits.shape, splits.num_classes)
         return self
 
