@@ -48,6 +48,7 @@ class Reference:
     forced_restarts: Optional[int] = None
     targeted: bool = False  # has n_target_classes
     fixed: Tuple[Tuple[str, Any], ...] = ()  # attributes the stage sets before each run (e.g. APGD's loss)
+    derives_schedule: bool = False  # APGD derives its step-size checkpoints from n_iter in __init__
 
 
 @dataclass(frozen=True)
@@ -97,7 +98,7 @@ def configure(aa, stage: Stage, settings: StageSettings) -> None:
     ref = stage.reference
     attack = getattr(aa, ref.attack)
     if getattr(attack, ref.steps) != settings.steps:
-        if ref.attack.startswith("apgd"):
+        if ref.derives_schedule:
             _set_apgd_iters(attack, settings.steps)
         else:
             setattr(attack, ref.steps, settings.steps)
@@ -190,11 +191,11 @@ for _stage in (
     Stage("cw", PGD_NORMS, True, "PGD-30 on the CW margin loss max_{j!=y} z_j - z_y", fixed_steps=30,
           run=_pgd_like(cw_margin_sum, madry_alpha, random_start=True)),
     Stage("apgd-ce", AA_NORMS, True, "APGD on cross-entropy (AutoAttack)",
-          reference=Reference("apgd", fixed=(("loss", "ce"),))),
+          reference=Reference("apgd", fixed=(("loss", "ce"),), derives_schedule=True)),
     Stage("apgd-dlr", AA_NORMS, True, "APGD on the DLR loss (AutoAttack plus)",
-          reference=Reference("apgd", fixed=(("loss", "dlr"),))),
+          reference=Reference("apgd", fixed=(("loss", "dlr"),), derives_schedule=True)),
     Stage("apgd-t", AA_NORMS, True, "targeted APGD-DLR (AutoAttack)",
-          reference=Reference("apgd_targeted", targeted=True)),
+          reference=Reference("apgd_targeted", targeted=True, derives_schedule=True)),
     Stage("fab", AA_NORMS, True, "untargeted FAB (AutoAttack plus)",
           reference=Reference("fab", fixed=(("targeted", False),))),
     # run_standard_evaluation forces one restart for FAB-T
