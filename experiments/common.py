@@ -24,13 +24,20 @@ from typing import Dict, List, Optional, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "cifar10-jpg"
-ENV = {**os.environ, "HVDAT_CACHE": os.environ.get("HVDAT_CACHE", str(Path.home() / ".cache" / "hvdat")), "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+ENV = {
+    **os.environ,
+    "HVDAT_CACHE": os.environ.get("HVDAT_CACHE", str(Path.home() / ".cache" / "hvdat")),
+    "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
 
 
 def parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", default="cifar10", help="hvdat dataset name (cifar10 reads torchvision's release "
-                                                        "or an ImageFolder layout; imagenet works too)")
+    p.add_argument(
+        "--dataset",
+        default="cifar10",
+        help="hvdat dataset name (cifar10 reads torchvision's release or an ImageFolder layout; imagenet works too)",
+    )
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--arch", default="small-cnn")
     p.add_argument("--out", type=Path, default=REPO / "docs" / "results")
@@ -44,8 +51,9 @@ def log(text: str) -> None:
 
 
 def hvdat(*args, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "hvdat", *map(str, args)], capture_output=True, text=True, env=ENV,
-                          cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-m", "hvdat", *map(str, args)], capture_output=True, text=True, env=ENV, cwd=REPO
+    )
     if check and proc.returncode != 0:
         raise RuntimeError(f"hvdat {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
@@ -62,23 +70,50 @@ def train(run_dir: Path, *args) -> Dict:
     return summary
 
 
-def evaluate(run_dir: Path, attack: str, n: int, steps: Optional[int] = None, restarts: Optional[int] = None,
-             eps: str = "8/255", np: int = 2) -> Dict:
+def evaluate(
+    run_dir: Path,
+    attack: str,
+    n: int,
+    steps: Optional[int] = None,
+    restarts: Optional[int] = None,
+    eps: str = "8/255",
+    np: int = 2,
+) -> Dict:
     """Clean and robust accuracy of run_dir's last checkpoint, through `hvdat eval RUN/last.pt ... --json` on np
     ranks: the first n images of the whole test split (hvdat shuffles an ImageFolder listing once with a fixed seed,
     so they are a random sample of every class). `attack` is any `hvdat eval --attack` (autoattack: the standard
     four-attack AutoAttack of pyautoattack)."""
     start = time.perf_counter()
-    args = ["eval", Path(run_dir) / "last.pt", "--attack", attack, "--eps", eps, "--n-examples", n, "--np", np,
-            "--out", Path(run_dir) / "eval" / f"{attack}-{n}.json", "--json"]
+    args = [
+        "eval",
+        Path(run_dir) / "last.pt",
+        "--attack",
+        attack,
+        "--eps",
+        eps,
+        "--n-examples",
+        n,
+        "--np",
+        np,
+        "--out",
+        Path(run_dir) / "eval" / f"{attack}-{n}.json",
+        "--json",
+    ]
     if steps is not None:
         args += ["--steps", steps]
     if restarts is not None:
         args += ["--restarts", restarts]
     report = json.loads(hvdat(*args).stdout)
-    result = {"clean_acc": report["clean_accuracy"], "robust_acc": report["robust_accuracy"], "attack": attack,
-              "n": n, "steps": steps, "restarts": restarts, "seconds": time.perf_counter() - start,
-              "command": "hvdat " + " ".join(map(str, args[:-1]))}
+    result = {
+        "clean_acc": report["clean_accuracy"],
+        "robust_acc": report["robust_accuracy"],
+        "attack": attack,
+        "n": n,
+        "steps": steps,
+        "restarts": restarts,
+        "seconds": time.perf_counter() - start,
+        "command": "hvdat " + " ".join(map(str, args[:-1])),
+    }
     log(f"{attack} on {n} images of {run_dir}: {result['robust_acc']:.3f} ({result['seconds']:.0f}s)")
     return result
 
@@ -87,9 +122,15 @@ def machine() -> Dict:
     import torch
 
     load = os.getloadavg()
-    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(), "load_average_1_5_15": [round(v, 2) for v in load],
-            "torch": torch.__version__, "cuda": torch.cuda.is_available(), "python": platform.python_version()}
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu_count": os.cpu_count(),
+        "processor": platform.processor() or platform.machine(),
+        "load_average_1_5_15": [round(v, 2) for v in load],
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+        "python": platform.python_version(),
+    }
 
 
 def write(out: Path, name: str, payload: Dict) -> Path:
@@ -100,8 +141,9 @@ def write(out: Path, name: str, payload: Dict) -> Path:
     return path
 
 
-def bar_plot(out: Path, name: str, labels: Sequence[str], series: Dict[str, Sequence[float]], title: str,
-             ylabel: str) -> Path:
+def bar_plot(
+    out: Path, name: str, labels: Sequence[str], series: Dict[str, Sequence[float]], title: str, ylabel: str
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,8 +179,16 @@ def markdown(rows: List[Dict], columns: Sequence[str]) -> str:
 
 
 def data_args(args, train_samples: int, test_samples: int) -> List[str]:
-    out = ["--dataset", args.dataset, "--train-samples", train_samples, "--test-samples", test_samples,
-           "--arch", args.arch]
+    out = [
+        "--dataset",
+        args.dataset,
+        "--train-samples",
+        train_samples,
+        "--test-samples",
+        test_samples,
+        "--arch",
+        args.arch,
+    ]
     if args.data_dir and args.dataset not in ("digits", "synthetic"):
         out += ["--data-dir", args.data_dir]
     if args.threads:

@@ -26,9 +26,14 @@ def shaped_train(rate: str, run, args):
 
     with shaped_namespace(rate) as prefix:
         start = time.perf_counter()
-        proc = subprocess.run(prefix + [sys.executable, "-m", "hvdat", "train", *map(str, args), "--out", str(run),
-                                        "--overwrite", "--json"], capture_output=True, text=True, env=common.ENV,
-                              cwd=common.REPO)
+        proc = subprocess.run(
+            prefix
+            + [sys.executable, "-m", "hvdat", "train", *map(str, args), "--out", str(run), "--overwrite", "--json"],
+            capture_output=True,
+            text=True,
+            env=common.ENV,
+            cwd=common.REPO,
+        )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-3000:])
     summary = json.loads(proc.stdout)
@@ -58,17 +63,36 @@ def main() -> None:
     rows = []
     for name in args.compressors.split(","):
         run = args.out / "runs" / f"compression-{name}"
-        train_args = [*common.data_args(args, args.train_samples, args.test_samples), "--np", 2, "--attack",
-                      args.attack, "--batch-size", args.batch_size, "--compression", name, "--eval-samples", 0]
+        train_args = [
+            *common.data_args(args, args.train_samples, args.test_samples),
+            "--np",
+            2,
+            "--attack",
+            args.attack,
+            "--batch-size",
+            args.batch_size,
+            "--compression",
+            name,
+            "--eval-samples",
+            0,
+        ]
         summary = common.train(run, *train_args, "--epochs", args.epochs)
         ev = common.evaluate(run, "pgd", args.n_eval, steps=20)
-        row = {"compression": name, "clean_acc": ev["clean_acc"], "pgd20_acc": ev["robust_acc"],
-               "bytes_per_step": summary["final"]["bytes_sent_per_step"],
-               "compression_ratio": summary["final"]["compression_ratio"], "step_s": step_seconds(summary),
-               "command": summary["command"]}
+        row = {
+            "compression": name,
+            "clean_acc": ev["clean_acc"],
+            "pgd20_acc": ev["robust_acc"],
+            "bytes_per_step": summary["final"]["bytes_sent_per_step"],
+            "compression_ratio": summary["final"]["compression_ratio"],
+            "step_s": step_seconds(summary),
+            "command": summary["command"],
+        }
         if args.bandwidth:
-            shaped = shaped_train(args.bandwidth, args.out / "runs" / f"compression-{name}-shaped",
-                                  [*train_args, "--epochs", args.shaped_epochs])
+            shaped = shaped_train(
+                args.bandwidth,
+                args.out / "runs" / f"compression-{name}-shaped",
+                [*train_args, "--epochs", args.shaped_epochs],
+            )
             row[f"step_s_{args.bandwidth}"] = step_seconds(shaped)
         rows.append(row)
         common.log(f"{name}: {row}")
@@ -77,8 +101,14 @@ def main() -> None:
     if args.bandwidth:
         series[f"step s ({args.bandwidth})"] = [r[f"step_s_{args.bandwidth}"] for r in rows]
     series["PGD-20 acc"] = [r["pgd20_acc"] for r in rows]
-    common.bar_plot(args.out, "compression", [r["compression"] for r in rows], series,
-                    f"2 workers, {args.attack}, {args.batch_size}/worker", "seconds / accuracy")
+    common.bar_plot(
+        args.out,
+        "compression",
+        [r["compression"] for r in rows],
+        series,
+        f"2 workers, {args.attack}, {args.batch_size}/worker",
+        "seconds / accuracy",
+    )
     columns = ["compression", "clean_acc", "pgd20_acc", "bytes_per_step", "compression_ratio", "step_s"]
     print(common.markdown(rows, columns + ([f"step_s_{args.bandwidth}"] if args.bandwidth else [])))
 

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import common
 
-SETUPS = (("1 worker, sgd", 1, ["--optimizer", "sgd", "--lr-scaling", "none"]),
-          ("2 workers, sgd, no lr scaling", 2, ["--optimizer", "sgd", "--lr-scaling", "none"]),
-          ("2 workers, sgd, linear lr scaling", 2, ["--optimizer", "sgd", "--lr-scaling", "linear"]),
-          ("2 workers, lamb, sqrt lr scaling", 2, ["--optimizer", "lamb", "--lr-scaling", "sqrt", "--lr", "0.01"]))
+SETUPS = (
+    ("1 worker, sgd", 1, ["--optimizer", "sgd", "--lr-scaling", "none"]),
+    ("2 workers, sgd, no lr scaling", 2, ["--optimizer", "sgd", "--lr-scaling", "none"]),
+    ("2 workers, sgd, linear lr scaling", 2, ["--optimizer", "sgd", "--lr-scaling", "linear"]),
+    ("2 workers, lamb, sqrt lr scaling", 2, ["--optimizer", "lamb", "--lr-scaling", "sqrt", "--lr", "0.01"]),
+)
 
 
 def main() -> None:
@@ -32,25 +34,61 @@ def main() -> None:
     rows = []
     for k, (name, np, extra) in enumerate(SETUPS):
         run = args.out / "runs" / f"scaling-{k}"
-        summary = common.train(run, *common.data_args(args, args.train_samples, args.test_samples), "--np", np,
-                               "--attack", args.attack, "--epochs", args.epochs, "--batch-size", args.batch_size,
-                               "--lr-base-batch", args.batch_size, "--eval-samples", 0, *extra)
+        summary = common.train(
+            run,
+            *common.data_args(args, args.train_samples, args.test_samples),
+            "--np",
+            np,
+            "--attack",
+            args.attack,
+            "--epochs",
+            args.epochs,
+            "--batch-size",
+            args.batch_size,
+            "--lr-base-batch",
+            args.batch_size,
+            "--eval-samples",
+            0,
+            *extra,
+        )
         ev = common.evaluate(run, "pgd", args.n_eval, steps=20)
         final = summary["final"]
         ips = sum(e["images_per_sec"] for e in summary["epochs"]) / len(summary["epochs"])
-        rows.append({"setup": name, "workers": np, "global_batch": final["global_batch"], "final_lr": final["lr"],
-                     "images_per_s": ips, "clean_acc": ev["clean_acc"], "pgd20_acc": ev["robust_acc"],
-                     "train_wall_s": summary["wall_seconds"], "command": summary["command"]})
+        rows.append(
+            {
+                "setup": name,
+                "workers": np,
+                "global_batch": final["global_batch"],
+                "final_lr": final["lr"],
+                "images_per_s": ips,
+                "clean_acc": ev["clean_acc"],
+                "pgd20_acc": ev["robust_acc"],
+                "train_wall_s": summary["wall_seconds"],
+                "command": summary["command"],
+            }
+        )
     base = rows[0]["images_per_s"]
     for row in rows:
         row["scaling_efficiency"] = row["images_per_s"] / (row["workers"] * base)
     common.write(args.out, "scaling", {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows})
-    common.bar_plot(args.out, "scaling", [r["setup"].replace(", ", "\n") for r in rows],
-                    {"clean": [r["clean_acc"] for r in rows], "PGD-20": [r["pgd20_acc"] for r in rows],
-                     "scaling efficiency": [r["scaling_efficiency"] for r in rows]},
-                    f"{args.attack}, {args.batch_size}/worker, {args.epochs} epochs", "accuracy / efficiency")
-    print(common.markdown(rows, ["setup", "global_batch", "images_per_s", "scaling_efficiency", "clean_acc",
-                                 "pgd20_acc", "train_wall_s"]))
+    common.bar_plot(
+        args.out,
+        "scaling",
+        [r["setup"].replace(", ", "\n") for r in rows],
+        {
+            "clean": [r["clean_acc"] for r in rows],
+            "PGD-20": [r["pgd20_acc"] for r in rows],
+            "scaling efficiency": [r["scaling_efficiency"] for r in rows],
+        },
+        f"{args.attack}, {args.batch_size}/worker, {args.epochs} epochs",
+        "accuracy / efficiency",
+    )
+    print(
+        common.markdown(
+            rows,
+            ["setup", "global_batch", "images_per_s", "scaling_efficiency", "clean_acc", "pgd20_acc", "train_wall_s"],
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,8 @@ def baseline(arch: str, batch_size: int, samples: int, steps: int, attack: str, 
     model.train()
     seen, start = 0, time.perf_counter()
     for i in range(0, len(labels) - batch_size + 1, batch_size):
-        x = images[i:i + batch_size].float() / 255
-        y = labels[i:i + batch_size]
+        x = images[i : i + batch_size].float() / 255
+        y = labels[i : i + batch_size]
         delta = (torch.rand_like(x) * 2 - 1) * eps if rs and k else torch.zeros_like(x)
         for _ in range(k):
             delta.requires_grad_(True)
@@ -65,10 +65,39 @@ def baseline(arch: str, batch_size: int, samples: int, steps: int, attack: str, 
 
 def hvdat_run(arch: str, batch_size: int, samples: int, steps: int, attack: str, threads: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "hvdat", "train", "--np", "1", "--dataset", "synthetic", "--train-samples",
-               str(samples), "--test-samples", "64", "--arch", arch, "--attack", attack, "--steps", str(steps),
-               "--batch-size", str(batch_size), "--epochs", "1", "--eval-samples", "0", "--no-augment",
-               "--threads", str(threads), "--out", f"{tmp}/run", "--lr", "0.05"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hvdat",
+            "train",
+            "--np",
+            "1",
+            "--dataset",
+            "synthetic",
+            "--train-samples",
+            str(samples),
+            "--test-samples",
+            "64",
+            "--arch",
+            arch,
+            "--attack",
+            attack,
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch_size),
+            "--epochs",
+            "1",
+            "--eval-samples",
+            "0",
+            "--no-augment",
+            "--threads",
+            str(threads),
+            "--out",
+            f"{tmp}/run",
+            "--lr",
+            "0.05",
+        ]
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(REPO)})
         return json.loads((Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()[-1])["images_per_sec"]
 
@@ -78,10 +107,29 @@ def measure(args, attack: str, steps: int):
     ours, theirs = [], []
     for _ in range(args.repeats):
         ours.append(hvdat_run(args.arch, args.batch_size, args.samples, steps, attack, args.threads))
-        out = subprocess.run([sys.executable, __file__, "--baseline-only", "--arch", args.arch, "--batch-size",
-                              str(args.batch_size), "--samples", str(args.samples), "--attack", attack,
-                              "--steps", str(steps), "--threads", str(args.threads)],
-                             check=True, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        out = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--baseline-only",
+                "--arch",
+                args.arch,
+                "--batch-size",
+                str(args.batch_size),
+                "--samples",
+                str(args.samples),
+                "--attack",
+                attack,
+                "--steps",
+                str(steps),
+                "--threads",
+                str(args.threads),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+        )
         theirs.append(float(out.stdout.strip()))
     return statistics.median(ours), statistics.median(theirs)
 
@@ -108,37 +156,63 @@ def main() -> None:
     rows = []
     for attack, steps in ((args.attack, args.steps),):
         ours, theirs = measure(args, attack, steps)
-        rows.append({"attack": f"{attack}-{steps}" if attack == "pgd" else attack, "arch": args.arch,
-                     "batch_size": args.batch_size, "threads": args.threads, "hvdat_images_per_sec": ours,
-                     "baseline_images_per_sec": theirs, "ratio": ours / theirs, "target": 0.95})
+        rows.append(
+            {
+                "attack": f"{attack}-{steps}" if attack == "pgd" else attack,
+                "arch": args.arch,
+                "batch_size": args.batch_size,
+                "threads": args.threads,
+                "hvdat_images_per_sec": ours,
+                "baseline_images_per_sec": theirs,
+                "ratio": ours / theirs,
+                "target": 0.95,
+            }
+        )
     fgsm, natural = [], []
     for _ in range(args.repeats):  # alternate, as above
         fgsm.append(hvdat_run(args.arch, args.batch_size, args.samples, 1, "fgsm-rs", args.threads))
         natural.append(hvdat_run(args.arch, args.batch_size, args.samples, 1, "none", args.threads))
     fgsm_ips, natural_ips = statistics.median(fgsm), statistics.median(natural)
-    single = {"arch": args.arch, "batch_size": args.batch_size, "threads": args.threads,
-              "fgsm_rs_images_per_sec": fgsm_ips, "natural_images_per_sec": natural_ips,
-              "ratio": fgsm_ips / natural_ips, "ideal": 0.5}
+    single = {
+        "arch": args.arch,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "fgsm_rs_images_per_sec": fgsm_ips,
+        "natural_images_per_sec": natural_ips,
+        "ratio": fgsm_ips / natural_ips,
+        "ideal": 0.5,
+    }
     sys.path.insert(0, str(Path(__file__).parent))
     import common
 
-    common.write(args.out, "train_step", {"settings": {k: str(v) for k, v in vars(args).items()},
-                                          "pgd_vs_hand_written": rows, "fgsm_rs_vs_natural": single})
-    common.bar_plot(args.out, "train_step", ["PGD-10: hvdat", "PGD-10: hand-written", "FGSM-RS: hvdat",
-                                             "natural: hvdat"],
-                    {"images/s": [rows[0]["hvdat_images_per_sec"], rows[0]["baseline_images_per_sec"], fgsm_ips,
-                                  natural_ips]},
-                    f"{args.arch}, batch {args.batch_size}, {args.threads} threads; PGD ratio {rows[0]['ratio']:.3f}, "
-                    f"FGSM-RS/natural {single['ratio']:.3f}", "training images/s")
+    common.write(
+        args.out,
+        "train_step",
+        {
+            "settings": {k: str(v) for k, v in vars(args).items()},
+            "pgd_vs_hand_written": rows,
+            "fgsm_rs_vs_natural": single,
+        },
+    )
+    common.bar_plot(
+        args.out,
+        "train_step",
+        ["PGD-10: hvdat", "PGD-10: hand-written", "FGSM-RS: hvdat", "natural: hvdat"],
+        {"images/s": [rows[0]["hvdat_images_per_sec"], rows[0]["baseline_images_per_sec"], fgsm_ips, natural_ips]},
+        f"{args.arch}, batch {args.batch_size}, {args.threads} threads; PGD ratio {rows[0]['ratio']:.3f}, "
+        f"FGSM-RS/natural {single['ratio']:.3f}",
+        "training images/s",
+    )
     if args.json:
         print(json.dumps({"pgd_vs_hand_written": rows, "fgsm_rs_vs_natural": single}, indent=2))
         return
     print(f"{'attack':<10} {'arch':<16} {'hvdat img/s':>12} {'hand-written img/s':>19} {'ratio':>7}  target")
     for r in rows:
-        print(f"{r['attack']:<10} {r['arch']:<16} {r['hvdat_images_per_sec']:>12.1f} "
-              f"{r['baseline_images_per_sec']:>19.1f} {r['ratio']:>7.3f}  >= {r['target']}")
-    print(f"fgsm-rs vs natural: {fgsm_ips:.1f} vs {natural_ips:.1f} images/s, ratio {single['ratio']:.3f} "
-          "(ideal 0.5)")
+        print(
+            f"{r['attack']:<10} {r['arch']:<16} {r['hvdat_images_per_sec']:>12.1f} "
+            f"{r['baseline_images_per_sec']:>19.1f} {r['ratio']:>7.3f}  >= {r['target']}"
+        )
+    print(f"fgsm-rs vs natural: {fgsm_ips:.1f} vs {natural_ips:.1f} images/s, ratio {single['ratio']:.3f} (ideal 0.5)")
     print(f"medians of {args.repeats} alternating runs, batch {args.batch_size}, {args.threads} threads")
 
 

@@ -30,6 +30,6 @@ def parse(text: str) -> Optional[Dict[str, Any]]:
     if not text.startswith(TAG):
         return None
     try:
-        return json.loads(text[len(TAG):])
+        return json.loads(text[len(TAG) :])
     except json.JSONDecodeError:
         return None

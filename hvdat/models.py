@@ -30,8 +30,9 @@ def _torchvision_builder(name: str) -> Optional[Builder]:
     return build
 
 
-MODELS: Registry[Builder] = Registry("arch", fallback=_torchvision_builder,
-                                     extra_hint=", or any torchvision classifier (resnet50, vit_b_16, ...)")
+MODELS: Registry[Builder] = Registry(
+    "arch", fallback=_torchvision_builder, extra_hint=", or any torchvision classifier (resnet50, vit_b_16, ...)"
+)
 
 
 class Normalized(nn.Module):
@@ -70,9 +71,15 @@ def small_cnn(num_classes: int, shape: Tuple[int, int, int], width: int = 32) ->
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
     return nn.Sequential(
-        *block(c, width), *block(width, width), nn.MaxPool2d(2),
-        *block(width, 2 * width), *block(2 * width, 2 * width), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, num_classes),
+        *block(c, width),
+        *block(width, width),
+        nn.MaxPool2d(2),
+        *block(width, 2 * width),
+        *block(2 * width, 2 * width),
+        nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2 * width, num_classes),
     )
 
 

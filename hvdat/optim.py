@@ -29,20 +29,29 @@ OPTIMIZERS: Registry[OptimizerSpec] = Registry("optimizer")
 def param_groups(model: nn.Module, weight_decay: float) -> List[Dict]:
     """Split parameters: weights of conv/linear layers get decay and adaptation; biases and norms get neither."""
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
         (no_decay if param.ndim <= 1 else decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay, "adapt": True},
-            {"params": no_decay, "weight_decay": 0.0, "adapt": False}]
+    return [
+        {"params": decay, "weight_decay": weight_decay, "adapt": True},
+        {"params": no_decay, "weight_decay": 0.0, "adapt": False},
+    ]
 
 
 class Lamb(torch.optim.Optimizer):
     """LAMB (You et al. 2020, "Large Batch Optimization for Deep Learning"): Adam moments with bias correction,
     decoupled weight decay, and a per-layer trust ratio ||w|| / ||adam_update + wd*w||, clipped to [0, 10]."""
 
-    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-6, weight_decay: float = 0.0, max_trust: float = 10.0):
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        max_trust: float = 10.0,
+    ):
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adapt=True, max_trust=max_trust)
         super().__init__(params, defaults)
 
@@ -64,7 +73,7 @@ class Lamb(torch.optim.Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                update = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt_().add_(group["eps"]))
+                update = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt_().add_(group["eps"]))
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
                 if group["adapt"]:  # a tensor multiply: no host sync per parameter on a GPU
@@ -77,10 +86,18 @@ class Lars(torch.optim.Optimizer):
     """LARS (You et al. 2017): SGD with momentum where each layer's step is scaled by
     trust_coef * ||w|| / (||g|| + wd*||w||)."""
 
-    def __init__(self, params: Iterable, lr: float = 0.1, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coef: float = 0.001, nesterov: bool = False):
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coef=trust_coef, adapt=True,
-                        nesterov=nesterov)
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coef: float = 0.001,
+        nesterov: bool = False,
+    ):
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coef=trust_coef, adapt=True, nesterov=nesterov
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -94,8 +111,9 @@ class Lars(torch.optim.Optimizer):
                 if group["adapt"]:
                     w_norm, g_norm = p.norm(), grad.norm()
                     denom = g_norm + group["weight_decay"] * w_norm
-                    local = torch.where((w_norm > 0) & (denom > 0), group["trust_coef"] * w_norm / denom,
-                                        torch.ones_like(w_norm))
+                    local = torch.where(
+                        (w_norm > 0) & (denom > 0), group["trust_coef"] * w_norm / denom, torch.ones_like(w_norm)
+                    )
                     grad = (grad + group["weight_decay"] * p) * local
                 elif group["weight_decay"]:
                     grad = grad + group["weight_decay"] * p
@@ -117,18 +135,32 @@ def _trust_ratio(p: torch.Tensor, update: torch.Tensor, max_trust: float) -> tor
 
 
 def _sgd(groups, lr, momentum, weight_decay, nesterov):
-    return torch.optim.SGD([{k: v for k, v in g.items() if k != "adapt"} for g in groups], lr=lr,
-                           momentum=momentum, nesterov=nesterov and momentum > 0)
+    return torch.optim.SGD(
+        [{k: v for k, v in g.items() if k != "adapt"} for g in groups],
+        lr=lr,
+        momentum=momentum,
+        nesterov=nesterov and momentum > 0,
+    )
 
 
 OPTIMIZERS.add("sgd", OptimizerSpec("sgd", _sgd, "SGD with momentum (and --nesterov)"))
-OPTIMIZERS.add("lamb", OptimizerSpec(
-    "lamb", lambda g, lr, mom, wd, nest: Lamb(g, lr=lr), "LAMB: DAT's layer-wise adaptive LR (LALR) on Adam"))
-OPTIMIZERS.add("lars", OptimizerSpec(
-    "lars", lambda g, lr, mom, wd, nest: Lars(g, lr=lr, momentum=mom, nesterov=nest),
-    "LARS: layer-wise adaptive rate scaling on SGD with momentum"))
+OPTIMIZERS.add(
+    "lamb",
+    OptimizerSpec(
+        "lamb", lambda g, lr, mom, wd, nest: Lamb(g, lr=lr), "LAMB: DAT's layer-wise adaptive LR (LALR) on Adam"
+    ),
+)
+OPTIMIZERS.add(
+    "lars",
+    OptimizerSpec(
+        "lars",
+        lambda g, lr, mom, wd, nest: Lars(g, lr=lr, momentum=mom, nesterov=nest),
+        "LARS: layer-wise adaptive rate scaling on SGD with momentum",
+    ),
+)
 
 
-def build_optimizer(name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float,
-                    nesterov: bool) -> torch.optim.Optimizer:
+def build_optimizer(
+    name: str, model: nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool
+) -> torch.optim.Optimizer:
     return OPTIMIZERS.get(name).build(param_groups(model, weight_decay), lr, momentum, weight_decay, nesterov)

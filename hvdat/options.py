@@ -43,8 +43,12 @@ class Option:
         return str(value) if isinstance(value, Path) else value
 
 
-def option(default: Any = dataclasses.MISSING, spec: Union[Option, str, Callable[[], str]] = "", panel: str = "",
-           **changes: Any) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    spec: Union[Option, str, Callable[[], str]] = "",
+    panel: str = "",
+    **changes: Any,
+) -> Any:
     """A config field declared as a command-line option. `spec` is an Option shared by several configs (with
     `changes` applied) or this option's help text."""
     declared = spec if isinstance(spec, Option) else Option(help=spec, panel=panel)

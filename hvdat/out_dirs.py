@@ -16,8 +16,9 @@ def make_dir(path: Path, option: str = "--out") -> Path:
     except FileExistsError:
         raise UsageError(f"{option} {path} is a file, not a folder", f"choose another {option}") from None
     except OSError as exc:
-        raise UsageError(f"cannot create the folder {path} for {option}: {exc.strerror or exc}",
-                         f"choose another {option}") from None
+        raise UsageError(
+            f"cannot create the folder {path} for {option}: {exc.strerror or exc}", f"choose another {option}"
+        ) from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to {path} ({option}): permission denied", f"choose another {option}")
     return path

@@ -44,8 +44,15 @@ def scale_factor(global_batch: int, base_batch: int, rule: str) -> float:
     return {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[rule]
 
 
-def lr_at(step: float, steps_per_epoch: int, epochs: int, peak_lr: float, schedule: str,
-          warmup_epochs: float = 0.0, milestones: Sequence[float] = ()) -> float:
+def lr_at(
+    step: float,
+    steps_per_epoch: int,
+    epochs: int,
+    peak_lr: float,
+    schedule: str,
+    warmup_epochs: float = 0.0,
+    milestones: Sequence[float] = (),
+) -> float:
     """The rate at schedule position `step` (0-based, in steps of `steps_per_epoch`; fractional after a change of
     world size): linear warm-up to `peak_lr`, then the schedule."""
     total = max(1, steps_per_epoch * epochs)

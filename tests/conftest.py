@@ -18,15 +18,18 @@ HVDAT = [sys.executable, "-m", "hvdat"]
 QUICK = ["--dataset", "digits", "--eps", "0.1", "--eval-samples", "128", "--eval-steps", "5", "--steps", "3"]
 
 
-def run_hvdat(*args: str, timeout: float = 600, env: dict | None = None, check: bool = False
-              ) -> subprocess.CompletedProcess:
+def run_hvdat(
+    *args: str, timeout: float = 600, env: dict | None = None, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    proc = subprocess.run(HVDAT + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=REPO)
+    proc = subprocess.run(
+        HVDAT + [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"hvdat {' '.join(map(str, args))} failed ({proc.returncode}):\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"hvdat {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 

@@ -14,15 +14,16 @@ import horovod.torch as hvd
 import torch
 import torch.nn.functional as F
 
-from hvdat.compression import COMPRESSORS, wire_bytes
+from hvdat.compression import wire_bytes
 from hvdat.runtime.distributed_optimizer import DistributedOptimizer
 from hvdat.runtime.horovod_compression import build_compressor
 
 
 def model_fn() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 5, 3), torch.nn.ReLU(), torch.nn.Flatten(),
-                               torch.nn.Linear(5 * 6 * 6, 10))
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 5, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(5 * 6 * 6, 10)
+    )
 
 
 def digest(model: torch.nn.Module) -> str:
@@ -39,8 +40,9 @@ def main(names) -> None:
         model = model_fn()
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         compressor = build_compressor(name, 1000 + hvd.rank())
-        optimizer = DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
-                                         model.named_parameters(), compressor)
+        optimizer = DistributedOptimizer(
+            torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), model.named_parameters(), compressor
+        )
         generator = torch.Generator().manual_seed(hvd.rank())
         start = digest(model)
         for _ in range(4):
@@ -53,10 +55,21 @@ def main(names) -> None:
         numels = [p.numel() for p in model.parameters()]
         shapes = [p.shape for p in model.parameters()]
         if hvd.rank() == 0:
-            print("@@result " + json.dumps({
-                "compression": name, "identical": len(set(digests)) == 1, "changed": digests[0] != start,
-                "bytes": getattr(optimizer, "bytes_sent_per_step", None), "expected": wire_bytes(name, shapes),
-                "fp32": 4 * sum(numels), "size": hvd.size()}), flush=True)
+            print(
+                "@@result "
+                + json.dumps(
+                    {
+                        "compression": name,
+                        "identical": len(set(digests)) == 1,
+                        "changed": digests[0] != start,
+                        "bytes": getattr(optimizer, "bytes_sent_per_step", None),
+                        "expected": wire_bytes(name, shapes),
+                        "fp32": 4 * sum(numels),
+                        "size": hvd.size(),
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

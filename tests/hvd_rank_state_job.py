@@ -22,7 +22,10 @@ def same(a, b) -> bool:
 def main() -> None:
     hvd.init()
     rank = hvd.rank()
-    grad = lambda k: torch.linspace(-1.0, 1.0, 40).reshape(4, 10) * (rank + 1) + k * torch.arange(40.).reshape(4, 10)
+
+    def grad(k):
+        return torch.linspace(-1.0, 1.0, 40).reshape(4, 10) * (rank + 1) + k * torch.arange(40.0).reshape(4, 10)
+
     compressor = build_compressor("ef-sign", 1)
     rank_state.register(compressor)
     state = hvd.elastic.TorchState(model=torch.nn.Linear(2, 2), compression=compressor, epoch=0)
@@ -43,10 +46,20 @@ def main() -> None:
     state2 = hvd.elastic.TorchState(model=torch.nn.Linear(2, 2), compression=joined, epoch=0)
     state2.sync()
     joined_rank0 = hvd.broadcast_object(joined.state_dict()["w"] if rank == 0 else None, name="joined")
-    print("@@result " + json.dumps({
-        "rank": rank, "moved": moved, "restored": restored, "kept_own": own,
-        "ranks_differ": not torch.equal(peers[0], peers[1]),
-        "joined_takes_rank0": torch.equal(joined.state_dict()["w"], joined_rank0)}), flush=True)
+    print(
+        "@@result "
+        + json.dumps(
+            {
+                "rank": rank,
+                "moved": moved,
+                "restored": restored,
+                "kept_own": own,
+                "ranks_differ": not torch.equal(peers[0], peers[1]),
+                "joined_takes_rank0": torch.equal(joined.state_dict()["w"], joined_rank0),
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

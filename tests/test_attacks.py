@@ -21,7 +21,7 @@ def model_and_batch():
     model = build_model("small-cnn", 10, splits.shape, splits.mean, splits.std)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     images, labels = splits.train.images.float() / 255, splits.train.labels
-    for step in range(60):
+    for _ in range(60):
         index = torch.randint(0, len(labels), (64,))
         loss = F.cross_entropy(model(images[index]), labels[index])
         opt.zero_grad()
@@ -35,8 +35,9 @@ def model_and_batch():
 def test_pgd_stays_in_ball_and_box_and_raises_loss(model_and_batch, norm):
     model, x, y = model_and_batch
     eps = 0.1 if norm == "linf" else 1.0
-    x_adv = pgd(model, x, y, eps=eps, alpha=2.5 * eps / 10, steps=10, norm=norm,
-                generator=torch.Generator().manual_seed(1))
+    x_adv = pgd(
+        model, x, y, eps=eps, alpha=2.5 * eps / 10, steps=10, norm=norm, generator=torch.Generator().manual_seed(1)
+    )
     delta = (x_adv - x).flatten(1)
     size = delta.abs().max(dim=1).values if norm == "linf" else delta.norm(dim=1)
     assert (size <= eps + 1e-6).all()
@@ -92,8 +93,14 @@ def test_every_training_objective_gives_a_finite_differentiable_loss(model_and_b
     model, x, y = model_and_batch
     model.train()
     spec = ATTACKS.get(name)
-    loss, logits = spec.objective(model, x, y, spec.params(EPS, None, 2, "linf", clean_weight=0.5),
-                                  torch.Generator().manual_seed(0), attack_mode(model, "train"))
+    loss, logits = spec.objective(
+        model,
+        x,
+        y,
+        spec.params(EPS, None, 2, "linf", clean_weight=0.5),
+        torch.Generator().manual_seed(0),
+        attack_mode(model, "train"),
+    )
     assert torch.isfinite(loss) and logits.shape == (16, 10)
     loss.backward()
     assert all(p.grad is not None for p in model.parameters())

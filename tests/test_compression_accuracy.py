@@ -8,11 +8,28 @@ robust accuracy, chance is 10%). The per-tensor ef-sign that fed raw gradients t
 from __future__ import annotations
 
 import pytest
-
 from conftest import read_metrics, run_hvdat
 
-RECIPE = ["--dataset", "digits", "--eps", "0.1", "--steps", "3", "--epochs", "5", "--lr", "0.4", "--np", "2",
-          "--batch-size", "32", "--eval-samples", "256", "--eval-steps", "5"]
+RECIPE = [
+    "--dataset",
+    "digits",
+    "--eps",
+    "0.1",
+    "--steps",
+    "3",
+    "--epochs",
+    "5",
+    "--lr",
+    "0.4",
+    "--np",
+    "2",
+    "--batch-size",
+    "32",
+    "--eval-samples",
+    "256",
+    "--eval-steps",
+    "5",
+]
 TOLERANCE = 0.08  # robust accuracy points below none; 256 evaluation images alone give about ±3 points of noise
 
 

@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 import torch
-
 from conftest import QUICK, REPO, read_metrics, run_hvdat
+
 from hvdat.compression import COMPRESSORS, wire_bytes
 
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
@@ -17,8 +17,14 @@ HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
 def horovod_job(np_: int, *args: str, script: str = "hvd_compression_job.py") -> list:
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{REPO / 'tests'}"}
-    proc = subprocess.run([HOROVODRUN, "-np", str(np_), "--gloo", sys.executable, str(REPO / "tests" / script),
-                           *args], capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    proc = subprocess.run(
+        [HOROVODRUN, "-np", str(np_), "--gloo", sys.executable, str(REPO / "tests" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return [json.loads(line.split("@@result ", 1)[1]) for line in proc.stdout.splitlines() if "@@result " in line]
 
@@ -45,8 +51,22 @@ def test_one_worker_still_compresses_although_horovod_registers_no_hooks():
 
 def test_train_ef_sign_on_three_ranks_reports_bytes_and_resumes_its_residuals(tmp_path):
     out = tmp_path / "run"
-    common = ["train", *QUICK, "--np", "3", "--compression", "ef-sign", "--batch-size", "32", "--train-samples",
-              "480", "--eval-samples", "48", "--out", out]
+    common = [
+        "train",
+        *QUICK,
+        "--np",
+        "3",
+        "--compression",
+        "ef-sign",
+        "--batch-size",
+        "32",
+        "--train-samples",
+        "480",
+        "--eval-samples",
+        "48",
+        "--out",
+        out,
+    ]
     run_hvdat(*common, "--epochs", "1", check=True)
     (metrics,) = read_metrics(out)
     state = torch.load(out / "last.pt", weights_only=True)

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from hvdat.compression import COMPRESSORS, wire_bytes
-from hvdat.runtime.horovod_compression import Compression, build_compressor
-from hvdat.compression import packing
+from hvdat.compression import COMPRESSORS, packing, wire_bytes
 from hvdat.compression.natural import NaturalCompressor
+from hvdat.runtime.horovod_compression import Compression, build_compressor
 
 PACKED = ["sign", "ef_sign", "natural"]
 
@@ -26,8 +25,9 @@ def test_registry_and_mirror_cover_the_same_compressors():
     for name in COMPRESSORS.names():
         member = getattr(Compression, name.replace("-", "_"))
         x = torch.randn(10)
-        payload, ctx = member().compress(x) if isinstance(member, type) and getattr(member, "packed", 0) \
-            else member.compress(x)
+        payload, ctx = (
+            member().compress(x) if isinstance(member, type) and getattr(member, "packed", 0) else member.compress(x)
+        )
         assert member.decompress(payload, ctx).shape == x.shape
 
 
@@ -43,8 +43,8 @@ def test_natural_is_unbiased_and_its_second_moment_is_at_most_9_8():
     # 6 standard errors makes a false failure practically impossible
     tolerance = 6 * xd.abs() / 2 / math.sqrt(draws)
     assert torch.all((samples.mean(0) - xd).abs() <= tolerance), (samples.mean(0), xd)
-    second = (samples ** 2).mean(0)
-    assert torch.all(second <= 9 / 8 * xd ** 2 * (1 + 6 / math.sqrt(draws))), (second / xd ** 2)
+    second = (samples**2).mean(0)
+    assert torch.all(second <= 9 / 8 * xd**2 * (1 + 6 / math.sqrt(draws))), second / xd**2
 
 
 def test_natural_gives_neighbouring_powers_of_two_and_keeps_exact_ones():
@@ -52,28 +52,28 @@ def test_natural_gives_neighbouring_powers_of_two_and_keeps_exact_ones():
     x = torch.randn(10000) * 10
     y = comp.decompress(*comp.compress(x))
     exponent = torch.floor(torch.log2(x.abs()))
-    assert torch.all((y.abs() == 2.0 ** exponent) | (y.abs() == 2.0 ** (exponent + 1)))
+    assert torch.all((y.abs() == 2.0**exponent) | (y.abs() == 2.0 ** (exponent + 1)))
     assert torch.equal(torch.sign(y), torch.sign(x))
-    powers = torch.tensor([1.0, -2.0, 0.5, 2.0 ** -20, -(2.0 ** 30), 0.0])
+    powers = torch.tensor([1.0, -2.0, 0.5, 2.0**-20, -(2.0**30), 0.0])
     assert torch.equal(comp.decompress(*comp.compress(powers)), powers)
 
 
 def test_natural_subnormals_are_rounded_without_bias_to_zero_or_the_smallest_normal():
     comp = NaturalCompressor(seed=3)
-    tiny = torch.full((200000,), 2.0 ** -130)  # subnormal in fp32, alone in its tensor
+    tiny = torch.full((200000,), 2.0**-130)  # subnormal in fp32, alone in its tensor
     y = comp.decompress(*comp.compress(tiny))
-    assert set(y.unique().tolist()) <= {0.0, 2.0 ** -126}
-    assert abs(y.double().mean().item() / 2.0 ** -130 - 1) < 0.05  # p = 1/16, 200k draws: std of mean ~ 2%
+    assert set(y.unique().tolist()) <= {0.0, 2.0**-126}
+    assert abs(y.double().mean().item() / 2.0**-130 - 1) < 0.05  # p = 1/16, 200k draws: std of mean ~ 2%
 
 
 def test_natural_saturates_at_the_dtypes_largest_power_and_flushes_below_the_window():
     comp = NaturalCompressor(seed=0)
     big = torch.full((1000,), 3.0e38)  # rounds up to 2^128 = inf half the time without saturation
-    assert torch.all(comp.decompress(*comp.compress(big)) == 2.0 ** 127)
+    assert torch.all(comp.decompress(*comp.compress(big)) == 2.0**127)
     half = torch.full((1000,), 60000.0, dtype=torch.float16)
     out = comp.decompress(*comp.compress(half))
-    assert out.dtype == torch.float16 and torch.all(out == 2.0 ** 15)
-    window = torch.tensor([1.0, 2.0 ** -126, -(2.0 ** -125)])  # 2^125 below the top: under the window
+    assert out.dtype == torch.float16 and torch.all(out == 2.0**15)
+    window = torch.tensor([1.0, 2.0**-126, -(2.0**-125)])  # 2^125 below the top: under the window
     assert comp.decompress(*comp.compress(window)).tolist() == [1.0, 0.0, 0.0]
 
 
@@ -105,8 +105,7 @@ def test_sign_round_trip_is_scaled_sign_with_one_bit_per_element():
     payload, ctx = Compression.sign.compress(x)
     assert payload.numel() == 4 + 1 == wire_bytes("sign", [7])
     scale = x.abs().mean().item()
-    assert torch.allclose(Compression.sign.decompress(payload, ctx),
-                          torch.tensor([1, -1, 1, 1, 1, -1, 1.0]) * scale)
+    assert torch.allclose(Compression.sign.decompress(payload, ctx), torch.tensor([1, -1, 1, 1, 1, -1, 1.0]) * scale)
 
 
 def test_majority_vote_and_ties_go_to_zero():

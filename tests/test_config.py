@@ -3,12 +3,13 @@ import json
 import pytest
 
 from hvdat.attacks.budget import parse_eps
-from hvdat.train.config import TrainConfig
 from hvdat.errors import UsageError
+from hvdat.train.config import TrainConfig
 
 
-@pytest.mark.parametrize("text,value", [("8/255", 8 / 255), ("0.031", 0.031), (" 2 / 255 ", 2 / 255),
-                                        ("1", 1.0), ("3e-2", 0.03), (0.5, 0.5)])
+@pytest.mark.parametrize(
+    "text,value", [("8/255", 8 / 255), ("0.031", 0.031), (" 2 / 255 ", 2 / 255), ("1", 1.0), ("3e-2", 0.03), (0.5, 0.5)]
+)
 def test_parse_eps_accepts_fractions_and_decimals(text, value):
     assert parse_eps(text) == pytest.approx(value)
 
@@ -49,15 +50,24 @@ def test_eval_config_round_trips_through_json_and_names_a_missing_file(tmp_path)
         EvalConfig.load(tmp_path / "missing.json")
 
 
-@pytest.mark.parametrize("change,fragment", [
-    ({"arch": "nope"}, "unknown arch"), ({"dataset": "nope"}, "unknown dataset"),
-    ({"attack": "nope"}, "unknown attack"), ({"optimizer": "adamw2"}, "unknown optimizer"),
-    ({"compression": "zip"}, "unknown compression"), ({"schedule": "wave"}, "unknown schedule"),
-    ({"norm": "l1"}, "does not support norm"), ({"epochs": 0}, "--epochs"), ({"batch_size": 0}, "--batch-size"),
-    ({"lr_scaling": "cubic"}, "--lr-scaling"), ({"dataset": "cifar10", "data_dir": "/nonexistent"}, "does not exist"),
-    ({"dataset": "imagefolder"}, "needs --data-dir"),
-    ({"compression": "ef-sign", "optimizer": "lamb"}, "ef-sign needs --optimizer sgd"),
-])
+@pytest.mark.parametrize(
+    "change,fragment",
+    [
+        ({"arch": "nope"}, "unknown arch"),
+        ({"dataset": "nope"}, "unknown dataset"),
+        ({"attack": "nope"}, "unknown attack"),
+        ({"optimizer": "adamw2"}, "unknown optimizer"),
+        ({"compression": "zip"}, "unknown compression"),
+        ({"schedule": "wave"}, "unknown schedule"),
+        ({"norm": "l1"}, "does not support norm"),
+        ({"epochs": 0}, "--epochs"),
+        ({"batch_size": 0}, "--batch-size"),
+        ({"lr_scaling": "cubic"}, "--lr-scaling"),
+        ({"dataset": "cifar10", "data_dir": "/nonexistent"}, "does not exist"),
+        ({"dataset": "imagefolder"}, "needs --data-dir"),
+        ({"compression": "ef-sign", "optimizer": "lamb"}, "ef-sign needs --optimizer sgd"),
+    ],
+)
 def test_validate_names_the_problem(change, fragment):
     with pytest.raises(UsageError, match=fragment):
         TrainConfig(**change).validate()

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 DOCKER = REPO / "docker"
@@ -23,8 +22,11 @@ def _args() -> dict:
 
 
 def _hadolint(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(HADOLINT), "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(path)],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [str(HADOLINT), "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(path)],
+        capture_output=True,
+        text=True,
+    )
 
 
 def test_hadolint_passes():
@@ -68,9 +70,9 @@ def test_image_builds_horovod_with_bin_install_and_checks_the_build():
     text = DOCKERFILE.read_text()
     run = next(block for block in text.split("\nRUN ") if re.search(r"^\s*bin/install", block, re.M))
     assert "HVDAT_GPU=1" in run and "HVDAT_MPI=1" in run  # NCCL and MPI are required, not best-effort
-    assert run.index("bin/install") < run.index("horovodrun\" --check-build")
+    assert run.index("bin/install") < run.index('horovodrun" --check-build')
     install = (REPO / "bin" / "install").read_text()
-    assert 'export HOROVOD_GPU_OPERATIONS=NCCL' in install and "HOROVOD_WITH_GLOO=1" in install
+    assert "export HOROVOD_GPU_OPERATIONS=NCCL" in install and "HOROVOD_WITH_GLOO=1" in install
     assert "export HOROVOD_WITH_MPI=1" in install
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_one_line_error, run_hvdat
 
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
@@ -30,8 +29,10 @@ def test_doctor_reports_the_installed_build_like_horovodrun_check_build():
     build = _check_build()
     hv = report["horovod"]
     assert hv["version"] == "0.28.1" and hv["horovodrun"]
-    assert hv["controllers"] == {"mpi": _marked(build, "Available Controllers", "MPI"),
-                                 "gloo": _marked(build, "Available Controllers", "Gloo")}
+    assert hv["controllers"] == {
+        "mpi": _marked(build, "Available Controllers", "MPI"),
+        "gloo": _marked(build, "Available Controllers", "Gloo"),
+    }
     assert hv["tensor_ops"]["nccl"] == _marked(build, "Available Tensor Operations", "NCCL")
     import torch
 
@@ -61,8 +62,10 @@ def test_doctor_without_mpirun_fails_the_mpi_setup_and_says_what_to_do(tmp_path)
 def test_doctor_checks_hosts_and_slots():
     local = run_hvdat("doctor", "--json", "-H", "localhost:1,127.0.0.1:2", "--np", "3", check=True)
     report = json.loads(local.stdout)
-    assert [(h["host"], h["slots"], h["reachable"]) for h in report["hosts"]] == [("localhost", 1, True),
-                                                                                ("127.0.0.1", 2, True)]
+    assert [(h["host"], h["slots"], h["reachable"]) for h in report["hosts"]] == [
+        ("localhost", 1, True),
+        ("127.0.0.1", 2, True),
+    ]
     too_many = run_hvdat("doctor", "-H", "localhost:1,127.0.0.1:1", "--np", "3")
     assert too_many.returncode == 1 and "FAIL --np 3: only 2 slots" in too_many.stdout
     remote = run_hvdat("doctor", "--json", "-H", "no-such-host.invalid:4", "--ssh-port", "12345")
@@ -71,9 +74,12 @@ def test_doctor_checks_hosts_and_slots():
     assert not verdicts["ssh"]["ok"] and "no-such-host.invalid" in verdicts["ssh"]["reason"]
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["-H", "a;reboot:1"], "invalid host name"),
-    (["--launcher", "nccl"], "unknown launcher"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["-H", "a;reboot:1"], "invalid host name"),
+        (["--launcher", "nccl"], "unknown launcher"),
+    ],
+)
 def test_doctor_rejects_bad_input_in_one_line(args, fragment):
     assert_one_line_error(run_hvdat("doctor", *args), fragment)

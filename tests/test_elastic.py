@@ -15,7 +15,6 @@ import time
 import psutil
 import pytest
 import torch
-
 from conftest import HVDAT, QUICK, REPO, assert_one_line_error, read_metrics, run_hvdat
 
 COMMIT_EVERY = 5
@@ -31,26 +30,61 @@ def discovery(tmp_path):
 
 
 def _elastic_args(discovery, out):
-    return ["train", "--min-np", "2", "--max-np", "3", "--np", "3", "--host-discovery-script", str(discovery),
-            "--network-interfaces", "lo", *QUICK, "--epochs", "2", "--batch-size", "16", "--threads", "1",
-            "--commit-every", str(COMMIT_EVERY), "--compression", "ef-sign", "--out", str(out)]
+    return [
+        "train",
+        "--min-np",
+        "2",
+        "--max-np",
+        "3",
+        "--np",
+        "3",
+        "--host-discovery-script",
+        str(discovery),
+        "--network-interfaces",
+        "lo",
+        *QUICK,
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--commit-every",
+        str(COMMIT_EVERY),
+        "--compression",
+        "ef-sign",
+        "--out",
+        str(out),
+    ]
 
 
 def test_dry_run_builds_an_elastic_gloo_command(discovery, tmp_path):
     proc = run_hvdat(*_elastic_args(discovery, tmp_path / "r"), "--dry-run", check=True)
     argv = shlex.split(proc.stdout.replace("\n", ""))
-    assert argv[1:10] == ["-np", "3", "--min-np", "2", "--max-np", "3", "--host-discovery-script", str(discovery),
-                          "--gloo"]
+    assert argv[1:10] == [
+        "-np",
+        "3",
+        "--min-np",
+        "2",
+        "--max-np",
+        "3",
+        "--host-discovery-script",
+        str(discovery),
+        "--gloo",
+    ]
     assert argv[-3:-1] == ["hvdat.train.elastic", "--config"]
 
 
-@pytest.mark.parametrize("extra, fragment", [
-    (["--launcher", "mpi"], "runs on Gloo only"),
-    (["--max-np", "1"], "need 1 <= --min-np <= --max-np"),
-    (["--np", "5"], "outside --min-np"),
-    (["-H", "localhost:3"], "not both"),
-    (["--commit-every", "0"], "--commit-every must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--launcher", "mpi"], "runs on Gloo only"),
+        (["--max-np", "1"], "need 1 <= --min-np <= --max-np"),
+        (["--np", "5"], "outside --min-np"),
+        (["-H", "localhost:3"], "not both"),
+        (["--commit-every", "0"], "--commit-every must be >= 1"),
+    ],
+)
 def test_bad_elastic_options_are_one_line_errors(discovery, tmp_path, extra, fragment):
     assert_one_line_error(run_hvdat(*_elastic_args(discovery, tmp_path / "r"), *extra, "--dry-run"), fragment)
 
@@ -75,8 +109,11 @@ def _wait_for_batch(log, proc, at_least: int, timeout: float = 240) -> None:
 def _worker(proc: subprocess.Popen, rank: str) -> psutil.Process:
     for child in psutil.Process(proc.pid).children(recursive=True):
         try:
-            if "hvdat.train.elastic" in child.cmdline() and child.environ().get("HOROVOD_RANK") == rank \
-                    and "python" in os.path.basename(child.cmdline()[0]):
+            if (
+                "hvdat.train.elastic" in child.cmdline()
+                and child.environ().get("HOROVOD_RANK") == rank
+                and "python" in os.path.basename(child.cmdline()[0])
+            ):
                 return child
         except psutil.NoSuchProcess:
             continue
@@ -86,8 +123,14 @@ def _worker(proc: subprocess.Popen, rank: str) -> psutil.Process:
 def test_job_survives_a_sigkilled_worker_and_continues_from_the_last_commit(discovery, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOROVOD_GLOO_TIMEOUT_SECONDS": "5"}
-    proc = subprocess.Popen(HVDAT + _elastic_args(discovery, out) + ["--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        HVDAT + _elastic_args(discovery, out) + ["--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     try:
         _wait_for_batch(out / "logs" / "train.log", proc, at_least=2 * COMMIT_EVERY)
         _worker(proc, "2").send_signal(signal.SIGKILL)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import assert_one_line_error, run_hvdat
 
 EPS_SLACK = 1e-5  # float32 rounding of x + delta
@@ -17,8 +16,26 @@ EPS_SLACK = 1e-5  # float32 rounding of x + delta
 def plain_run(tmp_path_factory) -> Path:
     """An undefended small CNN on digits (natural training): accurate, and not robust at all."""
     out = tmp_path_factory.mktemp("plain") / "run"
-    run_hvdat("train", "--dataset", "digits", "--attack", "none", "--eval-samples", "32", "--eval-steps", "2",
-              "--epochs", "2", "--batch-size", "32", "--lr", "0.05", "--out", out, check=True)
+    run_hvdat(
+        "train",
+        "--dataset",
+        "digits",
+        "--attack",
+        "none",
+        "--eval-samples",
+        "32",
+        "--eval-steps",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--lr",
+        "0.05",
+        "--out",
+        out,
+        check=True,
+    )
     return out
 
 
@@ -33,8 +50,17 @@ def _constant_checkpoint(path: Path, constant_class: int = 3) -> Path:
     with torch.no_grad():
         head.weight.zero_()
         head.bias.copy_(torch.arange(10, dtype=torch.float32) == constant_class)
-    torch.save({"model": model.state_dict(), "arch": "small-cnn", "dataset": "digits", "num_classes": 10,
-                "shape": list(splits.shape), "config": {"dataset": "digits", "data_dir": None}}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "arch": "small-cnn",
+            "dataset": "digits",
+            "num_classes": 10,
+            "shape": list(splits.shape),
+            "config": {"dataset": "digits", "data_dir": None},
+        },
+        path,
+    )
     return path
 
 
@@ -47,9 +73,23 @@ def _file(report_stdout: dict, out: Path) -> dict:
     return json.loads(Path(out).read_text())
 
 
-DOCUMENTED = {"clean_accuracy": float, "robust_accuracy": float, "stages": dict, "n_examples": int, "eps": float,
-              "norm": str, "seconds": float, "max_perturbation": float, "perturbation_ok": bool, "sanity": dict,
-              "departures": list, "settings": dict, "sweep": list, "attack": str, "world_size": int}
+DOCUMENTED = {
+    "clean_accuracy": float,
+    "robust_accuracy": float,
+    "stages": dict,
+    "n_examples": int,
+    "eps": float,
+    "norm": str,
+    "seconds": float,
+    "max_perturbation": float,
+    "perturbation_ok": bool,
+    "sanity": dict,
+    "departures": list,
+    "settings": dict,
+    "sweep": list,
+    "attack": str,
+    "world_size": int,
+}
 
 
 def check_report(report: dict, eps: float) -> None:
@@ -88,8 +128,19 @@ def test_undefended_model_has_no_robustness_under_pgd_and_autoattack(plain_run, 
 def test_constant_model_is_exactly_as_robust_as_it_is_accurate(tmp_path):
     ckpt = _constant_checkpoint(tmp_path / "constant.pt")
     for attack in ("pgd", "autoattack"):
-        report = _eval(ckpt, "--attack", attack, "--eps", "0.5", "--n-examples", "40", "--batch-size", "20",
-                       "--out", tmp_path / f"{attack}.json")
+        report = _eval(
+            ckpt,
+            "--attack",
+            attack,
+            "--eps",
+            "0.5",
+            "--n-examples",
+            "40",
+            "--batch-size",
+            "20",
+            "--out",
+            tmp_path / f"{attack}.json",
+        )
         check_report(report, 0.5)
         assert 0 < report["clean_accuracy"] < 0.5  # one class only
         assert report["robust_accuracy"] == report["clean_accuracy"], attack
@@ -104,7 +155,7 @@ def test_np2_through_horovodrun_gives_the_per_example_result_of_np1(plain_run, t
     a, b = (json.loads((tmp_path / f"np{n}.json").read_text()) for n in (1, 2))
     assert a["examples"] == b["examples"]  # same broken_by stage, adversarial label and perturbation per example
     assert a["stages"] == b["stages"] and a["robust_accuracy"] == b["robust_accuracy"]
-    assert len({s for s in a["examples"]["by_eps"][0]["broken_by"]}) >= 2, "the test should exercise the cascade"
+    assert len(set(a["examples"]["by_eps"][0]["broken_by"])) >= 2, "the test should exercise the cascade"
 
 
 def test_a_killed_evaluation_resumes_from_its_state_file(plain_run, tmp_path):
@@ -115,14 +166,30 @@ def test_a_killed_evaluation_resumes_from_its_state_file(plain_run, tmp_path):
     assert not (work / "state").exists(), "a finished evaluation removes its state"
     # Leave the state a run killed after its first chunk would leave, with a marker a recomputation cannot produce
     fingerprint = json.loads((work / "config.json").read_text())["fingerprint"]
-    chunk0 = {"chunk": 0, "indices": list(range(16)), "labels": first["examples"]["label"][:16],
-              "clean_pred": first["examples"]["label"][:16], "randomized": False, "seconds": 1.0,
-              "per_eps": [{"broken_by": [0] * 16, "adv_pred": [(y + 1) % 10 for y in first["examples"]["label"][:16]],
-                           "perturbation": [0.05] * 16, "pixel_min": 0.0, "pixel_max": 1.0, "rejected": 0, "nan": 0,
-                           "curve": {}}]}
+    chunk0 = {
+        "chunk": 0,
+        "indices": list(range(16)),
+        "labels": first["examples"]["label"][:16],
+        "clean_pred": first["examples"]["label"][:16],
+        "randomized": False,
+        "seconds": 1.0,
+        "per_eps": [
+            {
+                "broken_by": [0] * 16,
+                "adv_pred": [(y + 1) % 10 for y in first["examples"]["label"][:16]],
+                "perturbation": [0.05] * 16,
+                "pixel_min": 0.0,
+                "pixel_max": 1.0,
+                "rejected": 0,
+                "nan": 0,
+                "curve": {},
+            }
+        ],
+    }
     (work / "state").mkdir()
-    (work / "state" / "rank-0.jsonl").write_text(json.dumps({"fingerprint": fingerprint}) + "\n"
-                                                 + json.dumps(chunk0) + "\n")
+    (work / "state" / "rank-0.jsonl").write_text(
+        json.dumps({"fingerprint": fingerprint}) + "\n" + json.dumps(chunk0) + "\n"
+    )
     resumed = _file(_eval(plain_run, *args, "--np", "2"), out)
     assert resumed["resumed_chunks"] == 1 and resumed["resumed_examples"] == 16
     assert resumed["examples"]["by_eps"][0]["broken_by"][:16] == ["pgd"] * 16  # taken from the state, not redone
@@ -131,8 +198,8 @@ def test_a_killed_evaluation_resumes_from_its_state_file(plain_run, tmp_path):
 
 
 def test_a_line_cut_short_by_a_kill_does_not_swallow_the_next_chunk(tmp_path):
-    from hvdat.eval.chunks import ChunkStore
     from hvdat.eval.cascade import ChunkResult, EpsResult
+    from hvdat.eval.chunks import ChunkStore
 
     def chunk(c):
         return ChunkResult(c, [c], [1], [1], [EpsResult([0], [2], [0.1])], False, 1.0)
@@ -164,12 +231,12 @@ def test_faithful_to_the_reference_autoattack_on_a_chunk(plain_run):
     """Our cascade on one chunk flags exactly the points the reference run_standard_evaluation leaves robust."""
     from pyautoattack import AutoAttack
 
-    from hvdat.runtime import checkpoint
     from hvdat.data import load_splits
+    from hvdat.eval.cascade import evaluate_chunk
     from hvdat.eval.plan import make_plan
     from hvdat.eval.stages import StageRunner
     from hvdat.eval.worker import examples, load_model
-    from hvdat.eval.cascade import evaluate_chunk
+    from hvdat.runtime import checkpoint
 
     torch.set_num_threads(1)
     model = load_model(checkpoint.load(plain_run / "best.pt"), torch.device("cpu"))
@@ -187,13 +254,13 @@ def test_faithful_to_the_reference_autoattack_on_a_chunk(plain_run):
 
 def test_square_beating_the_white_box_attacks_is_flagged(plain_run):
     """Masked gradients (a quantising input layer) stop APGD; Square still succeeds, and that must be flagged."""
-    from hvdat.runtime import checkpoint
     from hvdat.data import load_splits
+    from hvdat.eval.cascade import ChunkResult, evaluate_chunk
     from hvdat.eval.plan import make_plan
     from hvdat.eval.stages import StageRunner
-    from hvdat.eval.worker import examples, load_model
-    from hvdat.eval.cascade import ChunkResult, evaluate_chunk
     from hvdat.eval.summary import summarise
+    from hvdat.eval.worker import examples, load_model
+    from hvdat.runtime import checkpoint
 
     class Quantised(torch.nn.Module):
         def __init__(self, net):
@@ -235,8 +302,19 @@ def test_plan_reports_every_departure_and_rejects_impossible_norms():
 
 
 def test_report_plots_training_curves_and_robust_accuracy_against_eps(trained_run, tmp_path):
-    run_hvdat("eval", trained_run, "--attack", "fgsm", "--eps", "1/255,0.05,0.1", "--n-examples", "64",
-              "--threads", "1", check=True)
+    run_hvdat(
+        "eval",
+        trained_run,
+        "--attack",
+        "fgsm",
+        "--eps",
+        "1/255,0.05,0.1",
+        "--n-examples",
+        "64",
+        "--threads",
+        "1",
+        check=True,
+    )
     report = json.loads((trained_run / "eval" / "fgsm-linf.json").read_text())
     assert [e["eps"] for e in report["sweep"]] == [1 / 255, 0.05, 0.1] and report["eps"] == 0.1
     proc = run_hvdat("report", trained_run, check=True)

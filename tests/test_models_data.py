@@ -33,7 +33,7 @@ def test_digits_is_real_and_embedded():
     splits = load_splits("digits", None)
     assert len(splits.train) == 1437 and len(splits.test) == 360 and splits.num_classes == 10
     x, y = splits.train[0]
-    assert x.shape == (1, 16, 16) and 0 <= x.min() and x.max() <= 1 and x.max() > 0.5
+    assert x.shape == (1, 16, 16) and x.min() >= 0 and x.max() <= 1 and x.max() > 0.5
     labels = torch.tensor([splits.test[i][1] for i in range(len(splits.test))])
     assert len(labels.unique()) == 10
 
@@ -97,8 +97,7 @@ def _write_cifar10_release(cifar_dir, root, per_batch: int = 4):
         data = np.stack([np.asarray(Image.open(f).convert("RGB")) for f, _ in files])
         batch_labels = [label for _, label in files]
         with open(folder / name, "wb") as handle:
-            pickle.dump({"data": data.transpose(0, 3, 1, 2).reshape(len(files), -1), "labels": batch_labels},
-                        handle)
+            pickle.dump({"data": data.transpose(0, 3, 1, 2).reshape(len(files), -1), "labels": batch_labels}, handle)
         pixels.append(data)
         labels += batch_labels
     with open(folder / "batches.meta", "wb") as handle:
@@ -149,5 +148,5 @@ def test_large_image_folders_stream_with_imagenet_transforms(tmp_path):
     splits = load_splits("imagenet", str(tmp_path))
     assert splits.num_classes == 2 and splits.shape == (3, 224, 224)
     x, y = splits.train[0]
-    assert x.shape == (3, 224, 224) and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (3, 224, 224) and x.min() >= 0 and x.max() <= 1
     assert splits.test[5][0].shape == (3, 224, 224)

@@ -26,8 +26,10 @@ def test_param_groups_exclude_bn_and_bias_from_decay_and_adaptation():
 def test_lamb_applies_the_trust_ratio_per_layer():
     w = torch.nn.Parameter(torch.full((4, 4), 2.0))  # ||w|| = 8
     b = torch.nn.Parameter(torch.ones(4))
-    opt = Lamb([{"params": [w], "weight_decay": 0.0, "adapt": True},
-                {"params": [b], "weight_decay": 0.0, "adapt": False}], lr=0.1)
+    opt = Lamb(
+        [{"params": [w], "weight_decay": 0.0, "adapt": True}, {"params": [b], "weight_decay": 0.0, "adapt": False}],
+        lr=0.1,
+    )
     w.grad, b.grad = torch.full((4, 4), 3.0), torch.full((4,), 3.0)
     opt.step()
     # first Adam step with bias correction: update = g/|g| = 1 per element (eps aside), ||update|| = 4
@@ -75,8 +77,9 @@ def test_warmup_then_cosine():
 
 
 def test_multistep_and_onecycle_shapes():
-    assert [lr_at(s, 10, 10, 1.0, "multistep", milestones=(0.5, 0.75)) for s in (0, 49, 50, 75, 99)] == \
-        pytest.approx([1, 1, 0.1, 0.01, 0.01])
+    assert [lr_at(s, 10, 10, 1.0, "multistep", milestones=(0.5, 0.75)) for s in (0, 49, 50, 75, 99)] == pytest.approx(
+        [1, 1, 0.1, 0.01, 0.01]
+    )
     peak = max(range(100), key=lambda s: lr_at(s, 10, 10, 1.0, "onecycle"))
     assert 35 <= peak <= 45 and lr_at(0, 10, 10, 1.0, "onecycle") == 0
 

@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from conftest import HVDAT, QUICK, REPO, read_metrics, run_hvdat
 
 # 2 ranks, 44 steps per epoch of ~50 ms on 2 cores: a signal after the first progress event lands mid-epoch.
@@ -33,8 +32,14 @@ def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 12
 def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path):
     stopped = tmp_path / "stopped"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen(HVDAT + ["train", *ARGS, "--out", str(stopped), "--json"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    proc = subprocess.Popen(
+        HVDAT + ["train", *ARGS, "--out", str(stopped), "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     _wait_for(stopped / "logs" / "train.log", '"event":"batch"', proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
@@ -63,8 +68,9 @@ def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path)
     b = torch.load(whole / "last.pt", weights_only=True)
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
     momentum = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
-    assert momentum and all(torch.equal(x, a["optimizer"]["state"][i]["momentum_buffer"])
-                            for i, x in zip(b["optimizer"]["state"], momentum))
+    assert momentum and all(
+        torch.equal(x, a["optimizer"]["state"][i]["momentum_buffer"]) for i, x in zip(b["optimizer"]["state"], momentum)
+    )
 
 
 WRITER = textwrap.dedent("""
@@ -85,8 +91,12 @@ def test_sigkill_during_checkpoint_write_leaves_the_previous_checkpoint_loadable
     from hvdat.runtime import checkpoint
 
     path = tmp_path / checkpoint.LAST
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout.readline().strip() == "saved"
     tmp = tmp_path / f".{checkpoint.LAST}.{proc.pid}.tmp"
     deadline = time.monotonic() + 60

@@ -23,28 +23,69 @@ class AttackSpec:
     random_start: bool
     doc: str
 
-    def params(self, eps: float, alpha: Optional[float], steps: int, norm: str, random_start: bool = True,
-               clean_weight: float = 0.0, trades_beta: float = 6.0) -> AttackParams:
+    def params(
+        self,
+        eps: float,
+        alpha: Optional[float],
+        steps: int,
+        norm: str,
+        random_start: bool = True,
+        clean_weight: float = 0.0,
+        trades_beta: float = 6.0,
+    ) -> AttackParams:
         steps = self.fixed_steps or steps
-        return AttackParams(eps=eps, alpha=alpha if alpha is not None else self.default_alpha(eps, steps),
-                            steps=steps, norm=norm, random_start=random_start and self.random_start,
-                            clean_weight=clean_weight, trades_beta=trades_beta)
+        return AttackParams(
+            eps=eps,
+            alpha=alpha if alpha is not None else self.default_alpha(eps, steps),
+            steps=steps,
+            norm=norm,
+            random_start=random_start and self.random_start,
+            clean_weight=clean_weight,
+            trades_beta=trades_beta,
+        )
 
 
 ATTACKS: Registry[AttackSpec] = Registry("attack")
 
 
 for _spec in (
-    AttackSpec("none", natural, lambda eps, steps: 0.0, ("linf", "l2"), 0, False,
-               "natural training on clean images"),
-    AttackSpec("fgsm", adversarial_ce, lambda eps, steps: eps, ("linf", "l2"), 1, False,
-               "FGSM (Goodfellow et al. 2015): one step of size eps from x; prone to catastrophic overfitting"),
-    AttackSpec("fgsm-rs", adversarial_ce, lambda eps, steps: 1.25 * eps, ("linf", "l2"), 1, True,
-               "FGSM-RS (Wong et al. 2020): uniform start in the eps-ball, one step of 1.25*eps, projected"),
-    AttackSpec("pgd", adversarial_ce, madry_alpha, ("linf", "l2"), None, True,
-               "PGD-AT (Madry et al. 2018): k steps of alpha (default 2.5*eps/k) from a random start"),
-    AttackSpec("trades", trades, madry_alpha, ("linf", "l2"), None, False,
-               "TRADES (Zhang et al. 2019): CE(clean) + beta*KL(adv||clean), k-step KL attack"),
+    AttackSpec("none", natural, lambda eps, steps: 0.0, ("linf", "l2"), 0, False, "natural training on clean images"),
+    AttackSpec(
+        "fgsm",
+        adversarial_ce,
+        lambda eps, steps: eps,
+        ("linf", "l2"),
+        1,
+        False,
+        "FGSM (Goodfellow et al. 2015): one step of size eps from x; prone to catastrophic overfitting",
+    ),
+    AttackSpec(
+        "fgsm-rs",
+        adversarial_ce,
+        lambda eps, steps: 1.25 * eps,
+        ("linf", "l2"),
+        1,
+        True,
+        "FGSM-RS (Wong et al. 2020): uniform start in the eps-ball, one step of 1.25*eps, projected",
+    ),
+    AttackSpec(
+        "pgd",
+        adversarial_ce,
+        madry_alpha,
+        ("linf", "l2"),
+        None,
+        True,
+        "PGD-AT (Madry et al. 2018): k steps of alpha (default 2.5*eps/k) from a random start",
+    ),
+    AttackSpec(
+        "trades",
+        trades,
+        madry_alpha,
+        ("linf", "l2"),
+        None,
+        False,
+        "TRADES (Zhang et al. 2019): CE(clean) + beta*KL(adv||clean), k-step KL attack",
+    ),
 ):
     ATTACKS.add(_spec.name, _spec)
 

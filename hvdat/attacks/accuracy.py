@@ -21,8 +21,9 @@ def clean_correct(model: torch.nn.Module, batches: Batches) -> Tuple[int, int]:
     return correct, total
 
 
-def pgd_correct(model: torch.nn.Module, batches: Batches, *, eps: float, steps: int, norm: str,
-                generator: Optional[torch.Generator]) -> Tuple[int, int]:
+def pgd_correct(
+    model: torch.nn.Module, batches: Batches, *, eps: float, steps: int, norm: str, generator: Optional[torch.Generator]
+) -> Tuple[int, int]:
     """(correct predictions, examples) on PGD-`steps` adversarial examples (Madry's step 2.5*eps/steps, random
     start); the caller sets the model's mode."""
     correct = total = 0

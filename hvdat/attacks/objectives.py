@@ -40,8 +40,17 @@ def natural(model, x, y, params: AttackParams, generator, attack_mode: Optional[
 
 def adversarial_ce(model, x, y, params: AttackParams, generator, attack_mode: Optional[ModeFactory] = None):
     with (attack_mode or nullcontext)():
-        x_adv = pgd(model, x, y, eps=params.eps, alpha=params.alpha, steps=params.steps, norm=params.norm,
-                    random_start=params.random_start, generator=generator)
+        x_adv = pgd(
+            model,
+            x,
+            y,
+            eps=params.eps,
+            alpha=params.alpha,
+            steps=params.steps,
+            norm=params.norm,
+            random_start=params.random_start,
+            generator=generator,
+        )
     if params.clean_weight > 0:
         clean, adv = model(torch.cat([x, x_adv])).split(len(x))
         return params.clean_weight * F.cross_entropy(clean, y) + F.cross_entropy(adv, y), adv
@@ -59,8 +68,18 @@ def trades(model, x, y, params: AttackParams, generator, attack_mode: Optional[M
         with torch.no_grad():
             p_clean = F.softmax(model(x), dim=1)
         init = 0.001 * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        x_adv = pgd(model, x, p_clean, eps=params.eps, alpha=params.alpha, steps=params.steps, norm=params.norm,
-                    generator=generator, loss_fn=_kl_sum, init=init)
+        x_adv = pgd(
+            model,
+            x,
+            p_clean,
+            eps=params.eps,
+            alpha=params.alpha,
+            steps=params.steps,
+            norm=params.norm,
+            generator=generator,
+            loss_fn=_kl_sum,
+            init=init,
+        )
     clean, adv = model(torch.cat([x, x_adv])).split(len(x))
     robust = F.kl_div(F.log_softmax(adv, dim=1), F.softmax(clean, dim=1), reduction="batchmean")
     return F.cross_entropy(clean, y) + params.trades_beta * robust, adv

@@ -36,8 +36,9 @@ def random_init(x: torch.Tensor, eps: float, norm: str, generator: Optional[torc
     direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     direction = direction / _per_example_norm(direction)
     d = x[0].numel()
-    radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device,
-                        dtype=x.dtype) ** (1.0 / d)
+    radius = torch.rand((x.shape[0],) + (1,) * (x.dim() - 1), generator=generator, device=x.device, dtype=x.dtype) ** (
+        1.0 / d
+    )
     return direction * radius * eps
 
 
@@ -47,9 +48,20 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * (eps / _per_example_norm(delta)).clamp(max=1.0)
 
 
-def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
-        norm: str = "linf", random_start: bool = True, generator: Optional[torch.Generator] = None,
-        loss_fn: LossFn = cross_entropy_sum, init: Optional[torch.Tensor] = None) -> torch.Tensor:
+def pgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str = "linf",
+    random_start: bool = True,
+    generator: Optional[torch.Generator] = None,
+    loss_fn: LossFn = cross_entropy_sum,
+    init: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Return x_adv with ||x_adv - x|| <= eps (in `norm`) and x_adv in [0,1], maximising `loss_fn`.
 
     `y` is passed to `loss_fn` untouched (labels for CE; clean probabilities for TRADES' KL). `init`, when

@@ -43,8 +43,14 @@ def finish_rows(rows: List[Dict]) -> List[Dict]:
     return rows
 
 
-def run_bench(cfg: CommBenchConfig, *, np: int, bandwidth: Optional[str], launcher: str,
-              say: Callable[[str], None] = lambda text: None) -> List[Dict]:
+def run_bench(
+    cfg: CommBenchConfig,
+    *,
+    np: int,
+    bandwidth: Optional[str],
+    launcher: str,
+    say: Callable[[str], None] = lambda text: None,
+) -> List[Dict]:
     """Run the exchange benchmark on `np` ranks and return one row per compressor (ratios included)."""
     if np < 2:
         raise UsageError(f"--np must be >= 2 to exchange gradients, got {np}")
@@ -60,8 +66,10 @@ def run_bench(cfg: CommBenchConfig, *, np: int, bandwidth: Optional[str], launch
         argv = build_argv(LaunchSpec(np=np, launcher=launcher), WORKER, config)
         shaping = shaped_namespace(rate) if rate else contextlib.nullcontext([])
         with shaping as prefix:
-            say(f"{cfg.arch} gradients, {np} ranks, {'link ' + rate if rate else 'unshaped loopback'}: "
-                f"{', '.join(cfg.compressions)}")
+            say(
+                f"{cfg.arch} gradients, {np} ranks, {'link ' + rate if rate else 'unshaped loopback'}: "
+                f"{', '.join(cfg.compressions)}"
+            )
             result, found = run_collecting(prefix + argv, Path(tmp) / "bench.log", lambda event: None, ("row",))
             raise_for_failure(result, "the benchmark", Path(tmp) / "bench.log")
     return finish_rows([{k: v for k, v in row.items() if k != "event"} for row in found["row"]])

@@ -35,8 +35,9 @@ def gradient_shapes(arch: str) -> List[torch.Size]:
 def time_codec(compressor, grads: List[torch.Tensor], size: int, repeats: int) -> Dict[str, float]:
     """Median seconds to compress every gradient, and to decompress `size` gathered payloads of each: wall time,
     and this thread's CPU time (what one core spent, robust to a shared, loaded machine)."""
-    times: Dict[str, List[float]] = {key: [] for key in ("compress_seconds", "compress_cpu_seconds",
-                                                          "decompress_seconds", "decompress_cpu_seconds")}
+    times: Dict[str, List[float]] = {
+        key: [] for key in ("compress_seconds", "compress_cpu_seconds", "decompress_seconds", "decompress_cpu_seconds")
+    }
 
     def timed(key: str, work):
         wall, cpu = time.perf_counter(), time.thread_time()
@@ -46,11 +47,17 @@ def time_codec(compressor, grads: List[torch.Tensor], size: int, repeats: int) -
         return result
 
     packed_ = getattr(compressor, "packed", False)
+
+    def compress_all():
+        return [compressor.compress(g, name=str(i)) if packed_ else compressor.compress(g) for i, g in enumerate(grads)]
+
+    def decompress_all(gathered):
+        return lambda: [compressor.decompress(payload, ctx) for payload, ctx in gathered]
+
     for _ in range(repeats):
-        packed = timed("compress", lambda: [compressor.compress(g, name=str(i)) if packed_ else compressor.compress(g)
-                                            for i, g in enumerate(grads)])
+        packed = timed("compress", compress_all)
         gathered = [(torch.cat([payload] * size) if packed_ else payload, ctx) for payload, ctx in packed]
-        timed("decompress", lambda: [compressor.decompress(payload, ctx) for payload, ctx in gathered])
+        timed("decompress", decompress_all(gathered))
     return {key: statistics.median(values) for key, values in times.items()}
 
 
@@ -65,8 +72,9 @@ def bench(cfg: CommBenchConfig) -> None:
     fp32 = 4 * sum(numels)
     for name in cfg.compressions:
         compressor = build_compressor(name, rank)
-        optimizer = DistributedOptimizer(torch.optim.SGD(params, lr=0.0), [(str(i), p) for i, p in
-                                                                            enumerate(params)], compressor)
+        optimizer = DistributedOptimizer(
+            torch.optim.SGD(params, lr=0.0), [(str(i), p) for i, p in enumerate(params)], compressor
+        )
         seconds = []
         for step in range(cfg.warmup + cfg.steps):
             for p, g in zip(params, grads):
@@ -83,14 +91,24 @@ def bench(cfg: CommBenchConfig) -> None:
         exchange = max(hvd.allgather_object(statistics.median(seconds), name=f"bench.{name}"))
         if rank == 0:
             codec = time_codec(build_compressor(name, rank), grads, size, cfg.codec_repeats)
-            events.emit("row", compression=name, exchange_seconds=exchange,
-                        bytes_per_worker=wire_bytes(name, shapes), fp32_bytes=fp32, world_size=size,
-                        parameters=sum(numels), tensors=len(numels), **codec)
+            events.emit(
+                "row",
+                compression=name,
+                exchange_seconds=exchange,
+                bytes_per_worker=wire_bytes(name, shapes),
+                fp32_bytes=fp32,
+                world_size=size,
+                parameters=sum(numels),
+                tensors=len(numels),
+                **codec,
+            )
         hvd.barrier()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return worker_main(lambda path: bench(CommBenchConfig.load(path)), "python -m hvdat.bench.comm_worker", __doc__, argv)
+    return worker_main(
+        lambda path: bench(CommBenchConfig.load(path)), "python -m hvdat.bench.comm_worker", __doc__, argv
+    )
 
 
 if __name__ == "__main__":

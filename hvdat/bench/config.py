@@ -26,9 +26,13 @@ def parse_compressions(text: str, values: Dict[str, Any] = None) -> Tuple[str, .
 class CommBenchConfig(FrozenConfig):
     arch: str = option("resnet50", "Model whose gradient shapes are exchanged (resnet50: 25.6M).")
     compressions: Tuple[str, ...] = option(
-        ("none", "fp16", "sign", "ef-sign", "natural"), "Comma-separated compressors, e.g. none,fp16,sign,ef-sign,"
-        "natural.", flags=("--compression",), cli_type=str, parse=parse_compressions,
-        cli_default="none,fp16,sign,ef-sign,natural")
+        ("none", "fp16", "sign", "ef-sign", "natural"),
+        "Comma-separated compressors, e.g. none,fp16,sign,ef-sign,natural.",
+        flags=("--compression",),
+        cli_type=str,
+        parse=parse_compressions,
+        cli_default="none,fp16,sign,ef-sign,natural",
+    )
     steps: int = option(5, "Timed exchanges per compressor (the median is reported).")
     warmup: int = option(1, "Untimed exchanges first.")
     codec_repeats: int = 3  # times compress and decompress are timed alone (the median is reported)

@@ -17,9 +17,13 @@ from typing_extensions import Annotated
 from .. import __version__
 from ..errors import HvdatError
 
-app = typer.Typer(help="Distributed adversarial training on Horovod.", no_args_is_help=True,
-                  context_settings={"help_option_names": ["-h", "--help"]}, pretty_exceptions_enable=False,
-                  add_completion=False)
+app = typer.Typer(
+    help="Distributed adversarial training on Horovod.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 err = Console(stderr=True)
 out = Console()
 
@@ -31,8 +35,11 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="Show the version and exit.")] = False) -> None:
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
     """Distributed adversarial training (DAT) on Horovod: PGD/FGSM/TRADES, LAMB, compressed gradients."""
 
 
@@ -55,8 +62,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 0
         if os.environ.get("HVDAT_DEBUG"):
             raise
-        err.print(f"[bold red]error:[/] {exc.format_message()}; see 'hvdat {_command_of(argv)}--help'",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"[bold red]error:[/] {exc.format_message()}; see 'hvdat {_command_of(argv)}--help'",
+            highlight=False,
+            soft_wrap=True,
+        )
         return exc.exit_code
     except typer.Abort:
         err.print("aborted")

@@ -82,13 +82,22 @@ def horovod_build() -> Dict[str, Any]:
         horovodrun: Optional[str] = find_horovodrun()
     except Exception:
         horovodrun = None
-    return {"installed": True, "version": horovod.__version__, "horovodrun": horovodrun,
-            "frameworks": {"pytorch": True},
-            "controllers": {"mpi": bool(hvd.mpi_built()), "gloo": bool(hvd.gloo_built())},
-            "tensor_ops": {"nccl": bool(hvd.nccl_built()), "ddl": bool(hvd.ddl_built()), "ccl": bool(hvd.ccl_built()),
-                           "mpi": bool(hvd.mpi_built()),
-                           "gloo": bool(hvd.gloo_built())},
-            "cuda_built": bool(hvd.cuda_built()), "nccl_version": int(hvd.nccl_built() or 0)}
+    return {
+        "installed": True,
+        "version": horovod.__version__,
+        "horovodrun": horovodrun,
+        "frameworks": {"pytorch": True},
+        "controllers": {"mpi": bool(hvd.mpi_built()), "gloo": bool(hvd.gloo_built())},
+        "tensor_ops": {
+            "nccl": bool(hvd.nccl_built()),
+            "ddl": bool(hvd.ddl_built()),
+            "ccl": bool(hvd.ccl_built()),
+            "mpi": bool(hvd.mpi_built()),
+            "gloo": bool(hvd.gloo_built()),
+        },
+        "cuda_built": bool(hvd.cuda_built()),
+        "nccl_version": int(hvd.nccl_built() or 0),
+    }
 
 
 def mpi_runtime() -> Dict[str, Any]:
@@ -149,8 +158,9 @@ def check_host(host: str, slots: int, ssh_port: Optional[int], ssh_identity_file
     if ssh_identity_file:
         argv += ["-i", ssh_identity_file]
     try:
-        proc = subprocess.run(argv + [host, "true"], capture_output=True, text=True, timeout=SSH_TIMEOUT_S + 5,
-                              stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            argv + [host, "true"], capture_output=True, text=True, timeout=SSH_TIMEOUT_S + 5, stdin=subprocess.DEVNULL
+        )
     except subprocess.TimeoutExpired:
         return HostCheck(host, slots, local=False, reachable=False, detail="ssh timed out")
     last = (proc.stderr.strip().splitlines() or [""])[-1]
@@ -176,15 +186,28 @@ def verdicts(report: Report, launchers: Sequence[str], np: Optional[int], elasti
             found.append(Verdict(setup, True, f"ready ({report.mpi['version']})"))
     if elastic:
         ok = hv["controllers"]["gloo"]
-        found.append(Verdict("elastic (--min-np/--max-np)", ok, "ready (Gloo)" if ok else
-                             "elastic training needs Gloo; rerun bin/install"))
+        found.append(
+            Verdict(
+                "elastic (--min-np/--max-np)",
+                ok,
+                "ready (Gloo)" if ok else "elastic training needs Gloo; rerun bin/install",
+            )
+        )
     if (np is not None and np > 1 or report.hosts) and not hv.get("horovodrun"):
         found.append(Verdict("horovodrun", False, "not found next to python or on PATH; run bin/install"))
     if report.hosts:
         down = [h for h in report.hosts if not h.reachable]
-        found.append(Verdict("ssh", not down, "all hosts reachable" if not down else
-                             "cannot ssh to " + ", ".join(f"{h.host} ({h.detail})" for h in down)
-                             + "; copy your key (ssh-copy-id), or pass --ssh-port/--ssh-identity-file"))
+        found.append(
+            Verdict(
+                "ssh",
+                not down,
+                "all hosts reachable"
+                if not down
+                else "cannot ssh to "
+                + ", ".join(f"{h.host} ({h.detail})" for h in down)
+                + "; copy your key (ssh-copy-id), or pass --ssh-port/--ssh-identity-file",
+            )
+        )
     if np is not None:
         slots = sum(h.slots for h in report.hosts) if report.hosts else None
         if slots is not None and np > slots:
@@ -198,22 +221,33 @@ def warnings_for(report: Report) -> List[str]:
     notes = []
     hv = report.horovod
     if report.gpus and hv.get("installed") and not hv["tensor_ops"]["nccl"]:
-        notes.append("GPUs are visible but Horovod has no NCCL: gradients go through host memory; rerun bin/install "
-                     "with HVDAT_GPU=1 HVDAT_FORCE_HOROVOD=1")
+        notes.append(
+            "GPUs are visible but Horovod has no NCCL: gradients go through host memory; rerun bin/install "
+            "with HVDAT_GPU=1 HVDAT_FORCE_HOROVOD=1"
+        )
     if report.shm_free_bytes is not None and report.shm_free_bytes < SHM_MIN_BYTES:
-        notes.append(f"/dev/shm has only {report.shm_free_bytes / 2**20:.0f} MiB free; NCCL and data loaders need "
-                     "more: docker run --shm-size=8g (or --ipc=host)")
+        notes.append(
+            f"/dev/shm has only {report.shm_free_bytes / 2**20:.0f} MiB free; NCCL and data loaders need "
+            "more: docker run --shm-size=8g (or --ipc=host)"
+        )
     return notes
 
 
-def diagnose(launchers: Sequence[str] = ("gloo",), np: Optional[int] = None, hosts: Optional[str] = None,
-             hostfile: Optional[str] = None, ssh_port: Optional[int] = None,
-             ssh_identity_file: Optional[str] = None, elastic: bool = False) -> Report:
+def diagnose(
+    launchers: Sequence[str] = ("gloo",),
+    np: Optional[int] = None,
+    hosts: Optional[str] = None,
+    hostfile: Optional[str] = None,
+    ssh_port: Optional[int] = None,
+    ssh_identity_file: Optional[str] = None,
+    elastic: bool = False,
+) -> Report:
     for name in launchers:
         if name not in LAUNCHERS:
             raise UsageError(f"unknown launcher {name!r}", f"choose from: {', '.join(LAUNCHERS)}")
-    report = Report(horovod=horovod_build(), mpi=mpi_runtime(), torch=torch_info(), gpus=gpus(),
-                    shm_free_bytes=shm_free())
+    report = Report(
+        horovod=horovod_build(), mpi=mpi_runtime(), torch=torch_info(), gpus=gpus(), shm_free_bytes=shm_free()
+    )
     if hosts or hostfile:
         spec = LaunchSpec(np=np or 1, hosts=hosts, hostfile=hostfile)
         report.hosts = [check_host(h, s, ssh_port, ssh_identity_file) for h, s in launch.slots_of(spec)]
@@ -228,6 +262,7 @@ def render(report: Report, console: Console) -> None:
     table.add_column("found")
     hv = report.horovod
     if hv.get("installed"):
+
         def marks(kind: str) -> str:
             return "  ".join(f"[{'X' if on else ' '}] {name}" for name, on in hv[kind].items())
 
@@ -236,8 +271,12 @@ def render(report: Report, console: Console) -> None:
         table.add_row("tensor ops", marks("tensor_ops"))
     else:
         table.add_row("Horovod", f"[red]not importable[/]: {hv['error']}")
-    table.add_row("MPI", f"{report.mpi['version'] or 'mpirun'} ({report.mpi['mpirun']})" if report.mpi["mpirun"]
-                  else "mpirun not on PATH")
+    table.add_row(
+        "MPI",
+        f"{report.mpi['version'] or 'mpirun'} ({report.mpi['mpirun']})"
+        if report.mpi["mpirun"]
+        else "mpirun not on PATH",
+    )
     t = report.torch
     table.add_row("torch", f"{t['version']} (CUDA {t['cuda'] or 'none'}, NCCL {t['nccl'] or 'n/a'})")
     table.add_row("GPUs", ", ".join(report.gpus) if report.gpus else "none visible")
@@ -261,17 +300,23 @@ HOST_OPTIONS = ("hosts", "hostfile", "ssh_port", "ssh_identity_file")
 @with_options(spec=tuple(f.name for f in dataclasses.fields(LaunchSpec) if f.name not in HOST_OPTIONS))
 def doctor(
     spec: LaunchSpec,
-    launcher: Annotated[Optional[List[str]], typer.Option(help="Setup to judge (repeatable): gloo or mpi.",
-                                                          rich_help_panel=CLUSTER)] = None,
-    np: Annotated[Optional[int], typer.Option("--np", help="Workers the job will ask for (checked against the "
-                                                           "slots).", rich_help_panel=CLUSTER)] = None,
-    elastic: Annotated[bool, typer.Option("--elastic", help="Also judge elastic training (--min-np/--max-np).",
-                                          rich_help_panel=CLUSTER)] = False,
+    launcher: Annotated[
+        Optional[List[str]], typer.Option(help="Setup to judge (repeatable): gloo or mpi.", rich_help_panel=CLUSTER)
+    ] = None,
+    np: Annotated[
+        Optional[int],
+        typer.Option("--np", help="Workers the job will ask for (checked against the slots).", rich_help_panel=CLUSTER),
+    ] = None,
+    elastic: Annotated[
+        bool,
+        typer.Option("--elastic", help="Also judge elastic training (--min-np/--max-np).", rich_help_panel=CLUSTER),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Check the Horovod build, MPI, NCCL, GPUs and hosts; exit 1 when a requested setup cannot run."""
-    report = diagnose(launcher or ["gloo"], np, spec.hosts, spec.hostfile, spec.ssh_port, spec.ssh_identity_file,
-                      elastic)
+    report = diagnose(
+        launcher or ["gloo"], np, spec.hosts, spec.hostfile, spec.ssh_port, spec.ssh_identity_file, elastic
+    )
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:

@@ -47,16 +47,21 @@ def eval_command(
     for entry in report["sweep"]:
         for flag, value in entry["sanity"].items():
             if value["raised"]:
-                err.print(f"[bold yellow]warning[/] ({flag}, eps {format_eps(entry['eps'], report['norm'])}): "
-                          f"{value['detail']}", highlight=False)
+                err.print(
+                    f"[bold yellow]warning[/] ({flag}, eps {format_eps(entry['eps'], report['norm'])}): "
+                    f"{value['detail']}",
+                    highlight=False,
+                )
     err.print(f"[dim]report: {cfg.out}[/]", highlight=False)
 
 
 def report_table(report: Dict[str, Any]) -> Table:
     norm = report["norm"]
     name = report["attack"] + (f" ({report['version']})" if report.get("version") else "")
-    table = Table(title=f"hvdat eval: {name}, {norm}, {report['n_examples']} examples, "
-                        f"{report['world_size']} worker(s), {report['seconds']:.1f} s")
+    table = Table(
+        title=f"hvdat eval: {name}, {norm}, {report['n_examples']} examples, "
+        f"{report['world_size']} worker(s), {report['seconds']:.1f} s"
+    )
     table.add_column("")
     for entry in report["sweep"]:
         table.add_column(f"eps {format_eps(entry['eps'], norm)}", justify="right")
@@ -64,6 +69,8 @@ def report_table(report: Dict[str, Any]) -> Table:
     for stage in report["stages"]:
         table.add_row(f"  after {stage}", *[f"{e['stages'][stage]:.2%}" for e in report["sweep"]])
     table.add_row("[bold]robust accuracy[/]", *[f"[bold]{e['robust_accuracy']:.2%}[/]" for e in report["sweep"]])
-    table.add_row("max perturbation", *[f"{e['max_perturbation']:.4g}" + ("" if e["perturbation_ok"] else " !")
-                                        for e in report["sweep"]])
+    table.add_row(
+        "max perturbation",
+        *[f"{e['max_perturbation']:.4g}" + ("" if e["perturbation_ok"] else " !") for e in report["sweep"]],
+    )
     return table

@@ -21,14 +21,22 @@ def all_registries() -> Dict[str, Registry]:
     from ..optim import OPTIMIZERS
     from ..schedule import SCHEDULES
 
-    return {"models": MODELS, "datasets": DATASETS, "attacks": ATTACKS, "optimizers": OPTIMIZERS,
-            "schedules": SCHEDULES, "compressors": COMPRESSORS}
+    return {
+        "models": MODELS,
+        "datasets": DATASETS,
+        "attacks": ATTACKS,
+        "optimizers": OPTIMIZERS,
+        "schedules": SCHEDULES,
+        "compressors": COMPRESSORS,
+    }
 
 
 @app.command("list")
 def list_registries(
-    kind: Annotated[Optional[str], typer.Argument(help="models, datasets, attacks, optimizers, schedules or "
-                                                       "compressors (default: all).")] = None,
+    kind: Annotated[
+        Optional[str],
+        typer.Argument(help="models, datasets, attacks, optimizers, schedules or compressors (default: all)."),
+    ] = None,
 ) -> None:
     """List the names each option accepts."""
     from rich.table import Table

@@ -18,18 +18,24 @@ from typing_extensions import Annotated
 
 from ..options import CLUSTER, OUTPUT, Option, declared_options
 
-DryRun = Annotated[bool, typer.Option("--dry-run", help="Print the exact launch command and exit.",
-                                      rich_help_panel=CLUSTER)]
-Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress goes to stderr).",
-                                    rich_help_panel=OUTPUT)]
+DryRun = Annotated[
+    bool, typer.Option("--dry-run", help="Print the exact launch command and exit.", rich_help_panel=CLUSTER)
+]
+Json = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the result as JSON on stdout (progress goes to stderr).", rich_help_panel=OUTPUT
+    ),
+]
 
 
 def _typer_option(name: str, declared: Option, field_type: Any, default: Any) -> Any:
     cli_type = declared.cli_type or field_type
     if declared.cli_type is not None and default is None:
         cli_type = Optional[declared.cli_type]
-    return Annotated[cli_type, typer.Option(*declared.flags, help=declared.help_text(),
-                                            rich_help_panel=declared.panel or None)]
+    return Annotated[
+        cli_type, typer.Option(*declared.flags, help=declared.help_text(), rich_help_panel=declared.panel or None)
+    ]
 
 
 def parameters(cls: type, exclude: Sequence[str] = ()) -> List[inspect.Parameter]:
@@ -46,8 +52,14 @@ def parameters(cls: type, exclude: Sequence[str] = ()) -> List[inspect.Parameter
         elif fields[name].default_factory is not dataclasses.MISSING:
             default = fields[name].default_factory()
         annotation = _typer_option(name, declared, hints[name], None if default is dataclasses.MISSING else default)
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
-                                        default=inspect.Parameter.empty if default is dataclasses.MISSING else default))
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                annotation=annotation,
+                default=inspect.Parameter.empty if default is dataclasses.MISSING else default,
+            )
+        )
     return params
 
 
@@ -74,8 +86,10 @@ def with_options(**exclude: Sequence[str]) -> Callable[[Callable[..., Any]], Cal
                 for expanded in parameters(param.annotation, exclude.get(param.name, ())):
                     expanded_names[param.name].append(expanded.name)
                     if expanded.name in seen:
-                        raise TypeError(f"option {expanded.name!r} declared by both {seen[expanded.name]} and "
-                                        f"{param.annotation.__name__}")
+                        raise TypeError(
+                            f"option {expanded.name!r} declared by both {seen[expanded.name]} and "
+                            f"{param.annotation.__name__}"
+                        )
                     seen[expanded.name] = param.annotation.__name__
                     params.append(expanded)
             else:

@@ -77,8 +77,12 @@ def plot_training(rows: List[Dict], path: Path) -> Path:
     ax.set(title="learning rate (end of epoch)", xlabel="epoch")
     ax = axes[1][1]
     ax.plot(epochs, [r["images_per_sec"] for r in rows], "o-")
-    ax.set(title=f"throughput ({rows[-1].get('world_size', 1)} worker(s))", xlabel="epoch", ylabel="images/s",
-           ylim=(0, None))
+    ax.set(
+        title=f"throughput ({rows[-1].get('world_size', 1)} worker(s))",
+        xlabel="epoch",
+        ylabel="images/s",
+        ylim=(0, None),
+    )
     from matplotlib.ticker import MaxNLocator
 
     for ax in axes.flat:
@@ -97,13 +101,16 @@ def plot_eps(reports: List[Dict], path: Path) -> Path:
         sweep = sorted(report["sweep"], key=lambda e: e["eps"])
         xs = [0.0] + [e["eps"] for e in sweep]
         ys = [report["clean_accuracy"]] + [e["robust_accuracy"] for e in sweep]
-        name = report["attack"] + (f" ({report['version']})" if report.get("version") not in (None, "standard")
-                                   else "")
+        name = report["attack"] + (f" ({report['version']})" if report.get("version") not in (None, "standard") else "")
         scale = 255 if report["norm"] == "linf" else 1
         ax.plot([x * scale for x in xs], ys, "o-", label=f"{name}, {report['norm']}, n={report['n_examples']}")
     linf_only = all(r["norm"] == "linf" for r in reports)
-    ax.set(xlabel="eps (x/255)" if linf_only else "eps", ylabel="robust accuracy", ylim=(0, 1),
-           title="robust accuracy against eps")
+    ax.set(
+        xlabel="eps (x/255)" if linf_only else "eps",
+        ylabel="robust accuracy",
+        ylim=(0, 1),
+        title="robust accuracy against eps",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     fig.savefig(path, dpi=110)
@@ -118,8 +125,10 @@ def write_plots(run_dir: Path, out_dir: Optional[Path] = None) -> List[Path]:
     rows = read_metrics(run_dir)
     reports = read_eval_reports(run_dir)
     if not rows and not reports:
-        raise UsageError(f"{run_dir} holds neither {METRICS} nor eval reports",
-                         "train into it with `hvdat train --out`, or evaluate it with `hvdat eval`")
+        raise UsageError(
+            f"{run_dir} holds neither {METRICS} nor eval reports",
+            "train into it with `hvdat train --out`, or evaluate it with `hvdat eval`",
+        )
     out_dir = Path(out_dir) if out_dir else run_dir / "plots"
     make_dir(out_dir)
     written = []

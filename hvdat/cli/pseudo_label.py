@@ -27,6 +27,9 @@ def pseudo_label(job: PseudoLabelConfig, spec: LaunchSpec, dry_run: DryRun = Fal
     if as_json:
         out.print_json(json.dumps(summary))
     else:
-        out.print(f"wrote {summary['images']} pseudo-labelled images to {job.out} (mean confidence "
-                  f"{summary['mean_confidence']:.1%}, {summary['seconds']:.1f}s); class counts "
-                  f"{summary['class_counts']}", highlight=False)
+        out.print(
+            f"wrote {summary['images']} pseudo-labelled images to {job.out} (mean confidence "
+            f"{summary['mean_confidence']:.1%}, {summary['seconds']:.1f}s); class counts "
+            f"{summary['class_counts']}",
+            highlight=False,
+        )

@@ -14,8 +14,9 @@ from .app import app, out
 @app.command("report")
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by `hvdat train` (and `hvdat eval`).")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where the PNGs go (default: RUN_DIR/plots).")]
-    = None,
+    out_dir: Annotated[
+        Optional[Path], typer.Option("--out", help="Where the PNGs go (default: RUN_DIR/plots).")
+    ] = None,
 ) -> None:
     """Plot training curves (metrics.jsonl) and robust accuracy against eps (eval reports) as PNGs."""
     from .plots import write_plots

@@ -23,8 +23,9 @@ def train(
     spec: LaunchSpec,
     config: TrainConfig,
     dry_run: DryRun = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.",
-                                            rich_help_panel=OUTPUT)] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.", rich_help_panel=OUTPUT)
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Train a model with adversarial examples on one machine or a Horovod cluster."""
@@ -39,12 +40,22 @@ def train(
         outcome = run_training(config, argv, overwrite=overwrite, on_event=progress.handle)
     if outcome.stopped:
         stopped = outcome.stopped
-        err.print(f"stopped by signal at epoch {stopped['epoch'] + 1}, batch {stopped['batch']}/{stopped['batches']}; "
-                  f"checkpoint {stopped['checkpoint']}; continue with the same command plus --resume",
-                  highlight=False, soft_wrap=True)
+        err.print(
+            f"stopped by signal at epoch {stopped['epoch'] + 1}, batch {stopped['batch']}/{stopped['batches']}; "
+            f"checkpoint {stopped['checkpoint']}; continue with the same command plus --resume",
+            highlight=False,
+            soft_wrap=True,
+        )
         if as_json:  # scripts learn where it stopped and what to resume from
-            out.print_json(json.dumps({"out": outcome.out, "epochs": outcome.epochs, "stopped": {
-                key: stopped[key] for key in ("epoch", "batch", "batches", "step", "checkpoint")}}))
+            out.print_json(
+                json.dumps(
+                    {
+                        "out": outcome.out,
+                        "epochs": outcome.epochs,
+                        "stopped": {key: stopped[key] for key in ("epoch", "batch", "batches", "step", "checkpoint")},
+                    }
+                )
+            )
         raise typer.Exit(STOPPED_EXIT_CODE)
     if as_json:
         out.print_json(json.dumps(outcome.summary()))

@@ -17,7 +17,6 @@ from .ef_sign import EFSignCompressor
 from .natural import NaturalCompressor
 from .sign import SignCompressor
 
-
 Shape = Union[int, Sequence[int]]  # a bare int is a 1-D tensor of that many elements
 
 
@@ -46,20 +45,47 @@ class CompressorSpec:
 COMPRESSORS: Registry[CompressorSpec] = Registry("compression")
 
 
-COMPRESSORS.add("none", CompressorSpec("none", 32, "fp32 allreduce (Horovod's own)", lambda shape: 4 * numel(shape),
-                                       horovod_member="none"))
-COMPRESSORS.add("fp16", CompressorSpec("fp16", 16, "fp16 allreduce (Horovod's own)", lambda shape: 2 * numel(shape),
-                                       horovod_member="fp16"))
-COMPRESSORS.add("sign", CompressorSpec("sign", 1, "signSGD with majority vote, 1 bit/element (allgather)",
-                                       lambda shape: SignCompressor.wire_bytes(numel(shape)), codec=SignCompressor))
-COMPRESSORS.add("ef-sign", CompressorSpec(
-    "ef-sign", 1, "blockwise scaled sign of the local momentum update with error feedback, 1 bit/element + one fp32 "
-    "scale per row (allgather)", EFSignCompressor.wire_bytes, codec=EFSignCompressor, needs_sgd=True,
-    allows_fp16_amp=False))
-COMPRESSORS.add("natural", CompressorSpec("natural", 8, "natural compression, unbiased power-of-two rounding, 8 "
-                                          "bits/element (allgather)",
-                                          lambda shape: NaturalCompressor.wire_bytes(numel(shape)),
-                                          codec=NaturalCompressor))
+COMPRESSORS.add(
+    "none",
+    CompressorSpec("none", 32, "fp32 allreduce (Horovod's own)", lambda shape: 4 * numel(shape), horovod_member="none"),
+)
+COMPRESSORS.add(
+    "fp16",
+    CompressorSpec("fp16", 16, "fp16 allreduce (Horovod's own)", lambda shape: 2 * numel(shape), horovod_member="fp16"),
+)
+COMPRESSORS.add(
+    "sign",
+    CompressorSpec(
+        "sign",
+        1,
+        "signSGD with majority vote, 1 bit/element (allgather)",
+        lambda shape: SignCompressor.wire_bytes(numel(shape)),
+        codec=SignCompressor,
+    ),
+)
+COMPRESSORS.add(
+    "ef-sign",
+    CompressorSpec(
+        "ef-sign",
+        1,
+        "blockwise scaled sign of the local momentum update with error feedback, 1 bit/element + one fp32 "
+        "scale per row (allgather)",
+        EFSignCompressor.wire_bytes,
+        codec=EFSignCompressor,
+        needs_sgd=True,
+        allows_fp16_amp=False,
+    ),
+)
+COMPRESSORS.add(
+    "natural",
+    CompressorSpec(
+        "natural",
+        8,
+        "natural compression, unbiased power-of-two rounding, 8 bits/element (allgather)",
+        lambda shape: NaturalCompressor.wire_bytes(numel(shape)),
+        codec=NaturalCompressor,
+    ),
+)
 
 
 def wire_bytes(name: str, shapes: Iterable[Shape]) -> int:

@@ -62,7 +62,7 @@ def block_scales(corrected: np.ndarray, nblocks: int, scratch: np.ndarray) -> np
 def scaled_signs(bits: np.ndarray, scales: np.ndarray, numel: int, out: np.ndarray) -> np.ndarray:
     """scales[r] · (±1 from the packed bits), written into out (float32, >= 8·len(bits) elements); returns
     out[:numel]."""
-    np.take(packing.SIGN_TABLE, bits, axis=0, out=out[:8 * bits.size].reshape(-1, 8), mode="clip")
+    np.take(packing.SIGN_TABLE, bits, axis=0, out=out[: 8 * bits.size].reshape(-1, 8), mode="clip")
     values = out[:numel]
     with np.errstate(invalid="ignore"):  # a non-finite scale makes its block non-finite, on purpose
         if scales.size == 1:
@@ -104,12 +104,14 @@ class EFSignCompressor:
         values = packing.as_float32(tensor)
         residual = self.residuals.get(name)
         if residual is not None and residual.numel() != values.size:
-            raise ValueError(f"EF residual {name!r} has {residual.numel()} elements but the gradient has "
-                             f"{values.size}; pass a distinct name= per tensor")
+            raise ValueError(
+                f"EF residual {name!r} has {residual.numel()} elements but the gradient has "
+                f"{values.size}; pass a distinct name= per tensor"
+            )
         corrected = values.copy() if residual is None else np.add(values, residual.numpy(), out=residual.numpy())
         nblocks = blocks(tensor.shape)
         scratch = self._scratch(8 * packing.packed_len(values.size))
-        scales = block_scales(corrected, nblocks, scratch[:values.size])
+        scales = block_scales(corrected, nblocks, scratch[: values.size])
         bits = packing.pack_bits(corrected < 0)
         payload = packing.to_payload(scales.view(np.uint8), bits)
         # e <- p - s * sign(p), decoded from the bits just sent, so the bookkeeping is exact by construction
@@ -137,7 +139,7 @@ class EFSignCompressor:
             return tensor.detach().to(torch.float32).clone()
 
         self.residuals = {k: clean(v) for k, v in state.items() if not k.startswith(MOMENTUM)}
-        self.momentum = {k[len(MOMENTUM):]: clean(v) for k, v in state.items() if k.startswith(MOMENTUM)}
+        self.momentum = {k[len(MOMENTUM) :]: clean(v) for k, v in state.items() if k.startswith(MOMENTUM)}
 
     def load_rank_states(self, states: List[Dict[str, torch.Tensor]], rank: int, size: int) -> None:
         """Restore from every rank's saved state. Same world size: each rank takes its own. Otherwise each

@@ -98,8 +98,7 @@ class NaturalCompressor:
         codes |= np.left_shift(np.signbit(values).view(np.uint8), 7)  # the sign bit (bytewise, not strided)
         if nonfinite.size:
             special = values[nonfinite]
-            codes[nonfinite] = np.where(np.isnan(special), NAN_CODE,
-                                        np.where(special > 0, INF_CODE, 0x80 | INF_CODE))
+            codes[nonfinite] = np.where(np.isnan(special), NAN_CODE, np.where(special > 0, INF_CODE, 0x80 | INF_CODE))
         return np.concatenate([np.array([base], dtype=np.uint8), codes])
 
     def compress(self, tensor: torch.Tensor, name: str = ""):
@@ -113,14 +112,15 @@ class NaturalCompressor:
         out = np.empty(numel, dtype=np.float32)
         for i, row in enumerate(rows):
             base, codes = int(row[0]), row[1:]
-            values = np.take(pair_table(base, k), np.ascontiguousarray(codes[:2 * pairs]).view(np.uint16),
-                             axis=0).reshape(-1)
-            tail = code_table(base, 1.0 / k)[codes[2 * pairs:]]
+            values = np.take(
+                pair_table(base, k), np.ascontiguousarray(codes[: 2 * pairs]).view(np.uint16), axis=0
+            ).reshape(-1)
+            tail = code_table(base, 1.0 / k)[codes[2 * pairs :]]
             if i == 0:
-                out[:2 * pairs], out[2 * pairs:] = values, tail
+                out[: 2 * pairs], out[2 * pairs :] = values, tail
             else:
-                out[:2 * pairs] += values
-                out[2 * pairs:] += tail
+                out[: 2 * pairs] += values
+                out[2 * pairs :] += tail
         return out
 
     @staticmethod

@@ -43,8 +43,10 @@ def majority_vote(rows: np.ndarray, numel: int) -> np.ndarray:
         negative, positive = bits[0] & bits[1], ~(bits[0] | bits[1])
     else:
         counts = packing.count_set_bits(bits, numel)
-        negative, positive = packing.pack_bits(2 * counts.astype(np.int32) > k), \
-            packing.pack_bits(2 * counts.astype(np.int32) < k)
+        negative, positive = (
+            packing.pack_bits(2 * counts.astype(np.int32) > k),
+            packing.pack_bits(2 * counts.astype(np.int32) < k),
+        )
     index = (negative.astype(np.uint16) << 8) | positive
     out = packing.expand(packing.VOTE_TABLE, index, numel)
     with np.errstate(invalid="ignore"):  # a non-finite scale makes ties NaN, on purpose

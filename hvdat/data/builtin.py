@@ -11,7 +11,6 @@ from .folders import image_folder
 from .in_memory import UInt8Images, crop_flip, subset
 from .registry import CIFAR_MEAN, CIFAR_STD, Splits, dataset
 
-
 # --- digits: real data shipped inside scikit-learn ---------------------------------------------------------------
 DIGITS_SIDE = 16
 
@@ -22,8 +21,9 @@ def _digits(data_dir, train_samples, test_samples) -> Splits:
 
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # N x 1 x 8 x 8 in [0,1]
-    images = torch.nn.functional.interpolate(images, size=(DIGITS_SIDE, DIGITS_SIDE), mode="bilinear",
-                                             align_corners=False).clamp_(0, 1)
+    images = torch.nn.functional.interpolate(
+        images, size=(DIGITS_SIDE, DIGITS_SIDE), mode="bilinear", align_corners=False
+    ).clamp_(0, 1)
     images = (images * 255).round().to(torch.uint8)
     labels = torch.tensor(bunch.target)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
@@ -71,16 +71,25 @@ def _cifar(kind: str, data_dir: str, train_samples: int, test_samples: int) -> S
             train = cls(data_dir, train=True, download=True)
             test = cls(data_dir, train=False, download=True)
         except Exception as exc:  # offline, proxy, disk full: all end the same way for the user
-            raise UsageError(f"{kind} not found in {data_dir} and the download failed ({type(exc).__name__})",
-                             f"offline? put torchvision's {kind} files (e.g. cifar-10-batches-py/) or an "
-                             "ImageFolder layout (train/, test/) there") from None
+            raise UsageError(
+                f"{kind} not found in {data_dir} and the download failed ({type(exc).__name__})",
+                f"offline? put torchvision's {kind} files (e.g. cifar-10-batches-py/) or an "
+                "ImageFolder layout (train/, test/) there",
+            ) from None
 
     def tensors(split, n, seed):
         images = torch.from_numpy(split.data).permute(0, 3, 1, 2).contiguous()
         return subset(images, torch.tensor(split.targets), n, seed)
 
-    return Splits(UInt8Images(*tensors(train, train_samples, 1)), UInt8Images(*tensors(test, test_samples, 2)),
-                  len(train.classes), (3, 32, 32), CIFAR_MEAN, CIFAR_STD, crop_flip())
+    return Splits(
+        UInt8Images(*tensors(train, train_samples, 1)),
+        UInt8Images(*tensors(test, test_samples, 2)),
+        len(train.classes),
+        (3, 32, 32),
+        CIFAR_MEAN,
+        CIFAR_STD,
+        crop_flip(),
+    )
 
 
 _CIFAR_DOC = "torchvision's {} files in DIR (downloaded there when online), or DIR/train and DIR/test ImageFolders"

@@ -21,7 +21,6 @@ import torch
 
 from ..errors import UsageError
 
-
 _HINT = "write it with `hvdat pseudo-label`; it needs `images` and `labels` arrays"
 _READ_ERRORS = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
@@ -30,17 +29,27 @@ def _not_pseudo_labels(path: str, exc: Exception) -> UsageError:
     return UsageError(f"--extra-data {path} is not a pseudo-label file ({type(exc).__name__}: {exc})", _HINT)
 
 
-def _check(path: str, dtype: np.dtype, image_shape: Tuple[int, ...], labels: np.ndarray,
-           shape: Tuple[int, int, int], num_classes: int) -> None:
+def _check(
+    path: str,
+    dtype: np.dtype,
+    image_shape: Tuple[int, ...],
+    labels: np.ndarray,
+    shape: Tuple[int, int, int],
+    num_classes: int,
+) -> None:
     """The file fits the training data: uint8 images of its shape, one label each, in its classes."""
     if dtype != np.uint8 or len(image_shape) != 4 or tuple(image_shape[1:]) != tuple(shape):
-        raise UsageError(f"--extra-data {path} holds {dtype} images of shape {tuple(image_shape[1:])}",
-                         f"the training data is uint8 {tuple(shape)}; pseudo-label images of that size")
+        raise UsageError(
+            f"--extra-data {path} holds {dtype} images of shape {tuple(image_shape[1:])}",
+            f"the training data is uint8 {tuple(shape)}; pseudo-label images of that size",
+        )
     if len(labels) != image_shape[0] or image_shape[0] == 0:
         raise UsageError(f"--extra-data {path} has {image_shape[0]} images and {len(labels)} labels")
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise UsageError(f"--extra-data {path} has labels outside 0..{num_classes - 1}",
-                         "was it labelled by a model of another dataset?")
+        raise UsageError(
+            f"--extra-data {path} has labels outside 0..{num_classes - 1}",
+            "was it labelled by a model of another dataset?",
+        )
 
 
 def check_file(path: str, shape: Tuple[int, int, int], num_classes: int) -> None:
@@ -49,8 +58,9 @@ def check_file(path: str, shape: Tuple[int, int, int], num_classes: int) -> None
     try:
         with zipfile.ZipFile(path) as archive, archive.open("images.npy") as handle:
             version = np.lib.format.read_magic(handle)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             image_shape, _, dtype = read_header(handle)
         with np.load(path, allow_pickle=False) as blob:
             labels = blob["labels"]
@@ -65,7 +75,7 @@ class ExtraImages:
     labels: torch.Tensor  # int64 N
 
     @classmethod
-    def load(cls, path: str, shape: Tuple[int, int, int], num_classes: int) -> "ExtraImages":
+    def load(cls, path: str, shape: Tuple[int, int, int], num_classes: int) -> ExtraImages:
         try:
             with np.load(path, allow_pickle=False) as blob:
                 images, labels = blob["images"], blob["labels"]
@@ -91,6 +101,11 @@ def save(path: Path, images: np.ndarray, labels: np.ndarray, confidence: np.ndar
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.npz")
-    np.savez(tmp, images=images, labels=labels.astype(np.int64), confidence=confidence.astype(np.float32),
-             files=np.asarray(files, dtype=str))
+    np.savez(
+        tmp,
+        images=images,
+        labels=labels.astype(np.int64),
+        confidence=confidence.astype(np.float32),
+        files=np.asarray(files, dtype=str),
+    )
     tmp.replace(path)

@@ -105,8 +105,10 @@ def image_folder(root: str, train_samples: int, test_samples: int, test_names=("
     base = Path(root)
     train_dir, test_dir = _split_dir(base, ("train",)), _split_dir(base, test_names)
     if train_dir is None or test_dir is None:
-        raise UsageError(f"{root} is not an ImageFolder dataset",
-                         f"expected {root}/train/<class>/* and {root}/{'|'.join(test_names)}/<class>/*")
+        raise UsageError(
+            f"{root} is not an ImageFolder dataset",
+            f"expected {root}/train/<class>/* and {root}/{'|'.join(test_names)}/<class>/*",
+        )
     splits = []
     for folder, n, seed in ((train_dir, train_samples, 1), (test_dir, test_samples, 2)):
         files, classes = _folder_files(folder)
@@ -123,12 +125,26 @@ def image_folder(root: str, train_samples: int, test_samples: int, test_names=("
         test = _decode_small(test_files)
         channels, height, width = small[0].shape[1:]
         mean, std = (CIFAR_MEAN, CIFAR_STD) if channels == 3 else ((0.5,), (0.25,))
-        return Splits(UInt8Images(*small), UInt8Images(*test), len(classes), (channels, height, width), mean, std,
-                      crop_flip(padding=max(1, height // 8)))
+        return Splits(
+            UInt8Images(*small),
+            UInt8Images(*test),
+            len(classes),
+            (channels, height, width),
+            mean,
+            std,
+            crop_flip(padding=max(1, height // 8)),
+        )
     from torchvision import transforms
 
-    train_tf = transforms.Compose([transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(),
-                                   transforms.ToTensor()])
+    train_tf = transforms.Compose(
+        [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+    )
     test_tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
-    return Splits(_Files(train_files, train_tf), _Files(test_files, test_tf), len(classes), (3, 224, 224),
-                  IMAGENET_MEAN, IMAGENET_STD)
+    return Splits(
+        _Files(train_files, train_tf),
+        _Files(test_files, test_tf),
+        len(classes),
+        (3, 224, 224),
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    )

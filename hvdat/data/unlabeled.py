@@ -12,8 +12,12 @@ def image_files(root: str) -> List[str]:
     """Every image under root (any depth, sub-folder names ignored), sorted for a stable order."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
-    found = [os.path.join(d, f) for d, _, names in os.walk(root, followlinks=True) for f in names
-             if f.lower().endswith(IMG_EXTENSIONS)]
+    found = [
+        os.path.join(d, f)
+        for d, _, names in os.walk(root, followlinks=True)
+        for f in names
+        if f.lower().endswith(IMG_EXTENSIONS)
+    ]
     return sorted(found)
 
 

@@ -10,13 +10,12 @@ or how many ranks there are, so sharding chunks over Horovod ranks reproduces a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 
 from .plan import Plan
 from .stages import StageRunner
-
 
 
 def perturbation_norm(delta: torch.Tensor, norm: str) -> torch.Tensor:
@@ -58,8 +57,14 @@ class ChunkResult:
     seconds: float = 0.0
 
 
-def evaluate_chunk(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, plan: Plan,
-                   runners: Sequence[StageRunner], generator_seed: int) -> Tuple[List[int], List[EpsResult], bool]:
+def evaluate_chunk(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    plan: Plan,
+    runners: Sequence[StageRunner],
+    generator_seed: int,
+) -> Tuple[List[int], List[EpsResult], bool]:
     """Clean predictions, then for each eps (one runner each) the cascade over the still-robust points."""
     with torch.no_grad():
         logits = model(x)

@@ -56,7 +56,7 @@ class ChunkStore:
             try:
                 if json.loads(text.split("\n", 1)[0]).get("fingerprint") == self.fingerprint:
                     if not text.endswith("\n"):  # drop a last line cut short by a kill, or the next append joins it
-                        self.path.write_text(text[:text.rfind("\n") + 1])
+                        self.path.write_text(text[: text.rfind("\n") + 1])
                     return
             except json.JSONDecodeError:
                 pass

@@ -34,22 +34,31 @@ class EvalConfig(FrozenConfig):
     checkpoint: str = ""  # resolved from the command's TARGET
     attack: str = option("autoattack", _attack_help, ATTACK)
     version: str = option("standard", "AutoAttack version: standard, plus or rand.", ATTACK)
-    eps: Tuple[float, ...] = option((8 / 255,), "Budget in [0,1] pixels: 8/255, or a sweep 1/255,2/255,4/255,8/255.",
-                                    ATTACK, cli_type=str, parse=_eps, cli_default="8/255")
+    eps: Tuple[float, ...] = option(
+        (8 / 255,),
+        "Budget in [0,1] pixels: 8/255, or a sweep 1/255,2/255,4/255,8/255.",
+        ATTACK,
+        cli_type=str,
+        parse=_eps,
+        cli_default="8/255",
+    )
     norm: str = option("linf", NORM, help="Threat model: linf, l2 or l1.")
-    steps: Optional[int] = option(None, "Iterations (default: the attack's reference value; any change is reported).",
-                                  ATTACK)  # None: the attack's reference default
+    steps: Optional[int] = option(
+        None, "Iterations (default: the attack's reference value; any change is reported).", ATTACK
+    )  # None: the attack's reference default
     restarts: Optional[int] = option(None, "Restarts (default: the reference value).", ATTACK)
-    n_examples: Optional[int] = option(None, "Evaluate the first N test images (default: 1000, or all if fewer).",
-                                       DATA)  # resolved: the first n of the test split
+    n_examples: Optional[int] = option(
+        None, "Evaluate the first N test images (default: 1000, or all if fewer).", DATA
+    )  # resolved: the first n of the test split
     # also the unit of work: fixed chunks, so results do not depend on --np
     batch_size: int = option(50, "Examples per chunk; chunks are the unit of work and of reproducibility.", DATA)
     dataset: Optional[str] = option(None, "Dataset (default: the run's own).", DATA)  # resolved
     data_dir: Optional[str] = option(None, DATA_DIR, cli_type=Path)
     threads: int = option(0, THREADS)  # torch threads per worker; 0: cores / local ranks
     seed: int = option(0, SEED)
-    out: Optional[str] = option(None, "The JSON report (default: RUN/eval/ATTACK-NORM.json).", OUTPUT,
-                                flags=("--out",), cli_type=Path)  # resolved; working files go to work_dir
+    out: Optional[str] = option(
+        None, "The JSON report (default: RUN/eval/ATTACK-NORM.json).", OUTPUT, flags=("--out",), cli_type=Path
+    )  # resolved; working files go to work_dir
     work_dir: str = "eval.work"
     np: int = 1  # for the record
     plan: Dict[str, Any] = field(default_factory=dict)  # the resolved Plan (hvdat.eval.plan), as a dict
@@ -57,8 +66,20 @@ class EvalConfig(FrozenConfig):
 
     def compute_fingerprint(self) -> str:
         """What decides the results (not where they go, nor how many ranks compute them)."""
-        keys = ("checkpoint", "dataset", "data_dir", "attack", "version", "eps", "norm", "steps", "restarts",
-                "n_examples", "batch_size", "seed")
+        keys = (
+            "checkpoint",
+            "dataset",
+            "data_dir",
+            "attack",
+            "version",
+            "eps",
+            "norm",
+            "steps",
+            "restarts",
+            "n_examples",
+            "batch_size",
+            "seed",
+        )
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
         stat = Path(self.checkpoint).stat() if Path(self.checkpoint).exists() else None
         blob += f"|{stat.st_size}|{stat.st_mtime_ns}" if stat else ""

@@ -39,18 +39,30 @@ class Plan:
     departures: Tuple[str, ...]  # every way this run differs from the reference settings
 
     def to_dict(self) -> Dict:
-        return {"attack": self.attack, "version": self.version, "norm": self.norm, "stages": list(self.stages),
-                "settings": {k: dataclasses.asdict(v) for k, v in self.settings.items()},
-                "departures": list(self.departures)}
+        return {
+            "attack": self.attack,
+            "version": self.version,
+            "norm": self.norm,
+            "stages": list(self.stages),
+            "settings": {k: dataclasses.asdict(v) for k, v in self.settings.items()},
+            "departures": list(self.departures),
+        }
 
     @classmethod
-    def from_dict(cls, d: Dict) -> "Plan":
-        return cls(d["attack"], d["version"], d["norm"], tuple(d["stages"]),
-                   {k: StageSettings(**v) for k, v in d["settings"].items()}, tuple(d["departures"]))
+    def from_dict(cls, d: Dict) -> Plan:
+        return cls(
+            d["attack"],
+            d["version"],
+            d["norm"],
+            tuple(d["stages"]),
+            {k: StageSettings(**v) for k, v in d["settings"].items()},
+            tuple(d["departures"]),
+        )
 
 
-def make_plan(attack: str, version: str, norm: str, num_classes: int, steps: Optional[int] = None,
-              restarts: Optional[int] = None) -> Plan:
+def make_plan(
+    attack: str, version: str, norm: str, num_classes: int, steps: Optional[int] = None, restarts: Optional[int] = None
+) -> Plan:
     """Resolve the stages and settings; raise UsageError for an unsupported norm or an impossible setting."""
     spec = EVAL_ATTACKS.get(attack)
     if version not in ("standard", "plus", "rand"):
@@ -78,15 +90,18 @@ def make_plan(attack: str, version: str, norm: str, num_classes: int, steps: Opt
             new = dataclasses.replace(new, restarts=restarts)
         if new.targets is not None and new.targets > num_classes - 1:
             new = dataclasses.replace(new, targets=num_classes - 1)
-            departures.append(f"{name}: {num_classes - 1} target classes instead of {ref.targets} "
-                              f"(the dataset has only {num_classes} classes)")
+            departures.append(
+                f"{name}: {num_classes - 1} target classes instead of {ref.targets} "
+                f"(the dataset has only {num_classes} classes)"
+            )
         if new.targets is not None and new.targets < 1:
             raise UsageError(f"{name} needs at least 2 classes; the model has {num_classes}")
         for field in ("steps", "restarts"):
             if getattr(new, field) != getattr(ref, field):
                 word = "queries" if name == "square" and field == "steps" else field
-                departures.append(f"{name}: {getattr(new, field)} {word} instead of the reference "
-                                  f"{getattr(ref, field)}")
+                departures.append(
+                    f"{name}: {getattr(new, field)} {word} instead of the reference {getattr(ref, field)}"
+                )
         settings[name] = new
     return Plan(attack, version, norm, stages, settings, tuple(departures))
 
@@ -95,6 +110,11 @@ EVAL_ATTACKS: Registry[EvalAttack] = Registry("eval attack")
 EVAL_ATTACKS.add("clean", EvalAttack("clean", lambda v, n: (), "clean accuracy only"))
 for _name in ("fgsm", "pgd", "cw", "apgd-ce", "apgd-t", "fab-t", "square", "apgd-dlr", "fab"):
     EVAL_ATTACKS.add(_name, EvalAttack(_name, lambda v, n, _s=_name: (_s,), STAGES.get(_name).doc))
-EVAL_ATTACKS.add("autoattack", EvalAttack(
-    "autoattack", _autoattack_stages,
-    "AutoAttack (Croce & Hein 2020): standard = APGD-CE, APGD-T, FAB-T, Square on still-robust points"))
+EVAL_ATTACKS.add(
+    "autoattack",
+    EvalAttack(
+        "autoattack",
+        _autoattack_stages,
+        "AutoAttack (Croce & Hein 2020): standard = APGD-CE, APGD-T, FAB-T, Square on still-robust points",
+    ),
+)

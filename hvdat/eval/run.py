@@ -29,8 +29,10 @@ def resolve_checkpoint(target: Path) -> Path:
         for name in (checkpoint.BEST, checkpoint.LAST):
             if (target / name).is_file():
                 return target / name
-        raise UsageError(f"{target} holds no {checkpoint.BEST} or {checkpoint.LAST}",
-                         "point at a run directory made by `hvdat train`, or at a checkpoint file")
+        raise UsageError(
+            f"{target} holds no {checkpoint.BEST} or {checkpoint.LAST}",
+            "point at a run directory made by `hvdat train`, or at a checkpoint file",
+        )
     if not target.exists():
         raise UsageError(f"no run directory or checkpoint at {target}", "check the path")
     return target
@@ -49,8 +51,9 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
     EVAL_ATTACKS.get(request.attack)
     ckpt = resolve_checkpoint(target)
     state = checkpoint.load(ckpt)
-    plan = make_plan(request.attack, request.version, request.norm, state["num_classes"], request.steps,
-                     request.restarts)
+    plan = make_plan(
+        request.attack, request.version, request.norm, state["num_classes"], request.steps, request.restarts
+    )
     if request.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {request.batch_size}")
     if request.threads < 0:
@@ -62,9 +65,11 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
         data_dir = trained.get("data_dir")
     splits = load_splits(dataset, str(data_dir) if data_dir else None, train_samples=1)
     if splits.num_classes != state["num_classes"] or list(splits.shape) != list(state["shape"]):
-        raise UsageError(f"dataset {dataset!r} has {splits.num_classes} classes of shape {tuple(splits.shape)}, "
-                         f"but the checkpoint expects {state['num_classes']} of {tuple(state['shape'])}",
-                         "pass the --dataset/--data-dir it was trained on")
+        raise UsageError(
+            f"dataset {dataset!r} has {splits.num_classes} classes of shape {tuple(splits.shape)}, "
+            f"but the checkpoint expects {state['num_classes']} of {tuple(state['shape'])}",
+            "pass the --dataset/--data-dir it was trained on",
+        )
     available = len(splits.test)
     n_examples = request.n_examples
     if n_examples is None:
@@ -72,15 +77,23 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
     if n_examples < 1:
         raise UsageError(f"--n-examples must be >= 1, got {n_examples}")
     if n_examples > available:
-        raise UsageError(f"--n-examples {n_examples} is more than the {available} test images of {dataset!r}",
-                         f"use --n-examples {available} or fewer")
+        raise UsageError(
+            f"--n-examples {n_examples} is more than the {available} test images of {dataset!r}",
+            f"use --n-examples {available} or fewer",
+        )
     default = default_out(ckpt, request.attack, request.version, request.norm)
     out_file = Path(request.out) if request.out else default
     if out_file.suffix != ".json":
         out_file = out_file / default.name if out_file.is_dir() else out_file.with_suffix(".json")
-    cfg = request.replace(checkpoint=str(ckpt), dataset=dataset, data_dir=str(data_dir) if data_dir else None,
-                          n_examples=n_examples, out=str(out_file), work_dir=str(out_file.with_suffix(".work")),
-                          plan=plan.to_dict())
+    cfg = request.replace(
+        checkpoint=str(ckpt),
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir else None,
+        n_examples=n_examples,
+        out=str(out_file),
+        work_dir=str(out_file.with_suffix(".work")),
+        plan=plan.to_dict(),
+    )
     return cfg.replace(fingerprint=cfg.compute_fingerprint())
 
 
@@ -93,24 +106,51 @@ def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) 
     """The JSON report: documented top-level keys (see README), the sweep, and per-example results."""
     plan = summary["plan"]
     top = headline(summary)
-    per_example = {"index": summary["indices"], "label": summary["labels"], "clean_pred": summary["clean_pred"],
-                   "by_eps": [{"eps": e["eps"], "broken_by": e.pop("broken_by"), "adv_pred": e.pop("adv_pred"),
-                               "perturbation": e.pop("perturbation")} for e in summary["sweep"]]}
+    per_example = {
+        "index": summary["indices"],
+        "label": summary["labels"],
+        "clean_pred": summary["clean_pred"],
+        "by_eps": [
+            {
+                "eps": e["eps"],
+                "broken_by": e.pop("broken_by"),
+                "adv_pred": e.pop("adv_pred"),
+                "perturbation": e.pop("perturbation"),
+            }
+            for e in summary["sweep"]
+        ],
+    }
     return {
-        "checkpoint": cfg.checkpoint, "arch": summary["arch"], "dataset": cfg.dataset,
-        "attack": cfg.attack, "version": cfg.version if cfg.attack == "autoattack" else None, "norm": cfg.norm,
-        "eps": top["eps"], "n_examples": summary["n_examples"],
-        "clean_accuracy": summary["clean_accuracy"], "robust_accuracy": top["robust_accuracy"],
-        "stages": top["stages"], "max_perturbation": top["max_perturbation"],
-        "perturbation_ok": top["perturbation_ok"], "pixel_range": top["pixel_range"], "sanity": top["sanity"],
-        "departures": plan["departures"], "settings": plan["settings"],
-        "seconds": summary["seconds"], "wall_seconds": wall_seconds,
+        "checkpoint": cfg.checkpoint,
+        "arch": summary["arch"],
+        "dataset": cfg.dataset,
+        "attack": cfg.attack,
+        "version": cfg.version if cfg.attack == "autoattack" else None,
+        "norm": cfg.norm,
+        "eps": top["eps"],
+        "n_examples": summary["n_examples"],
+        "clean_accuracy": summary["clean_accuracy"],
+        "robust_accuracy": top["robust_accuracy"],
+        "stages": top["stages"],
+        "max_perturbation": top["max_perturbation"],
+        "perturbation_ok": top["perturbation_ok"],
+        "pixel_range": top["pixel_range"],
+        "sanity": top["sanity"],
+        "departures": plan["departures"],
+        "settings": plan["settings"],
+        "seconds": summary["seconds"],
+        "wall_seconds": wall_seconds,
         # this run's examples only: resumed chunks cost nothing now
         "examples_per_second": (summary["n_examples"] - summary["resumed_examples"]) / max(summary["seconds"], 1e-9),
-        "world_size": summary["world_size"], "threads": summary["threads"], "rank_seconds": summary["rank_seconds"],
-        "seed": cfg.seed, "batch_size": cfg.batch_size, "resumed_chunks": summary["resumed_chunks"],
+        "world_size": summary["world_size"],
+        "threads": summary["threads"],
+        "rank_seconds": summary["rank_seconds"],
+        "seed": cfg.seed,
+        "batch_size": cfg.batch_size,
+        "resumed_chunks": summary["resumed_chunks"],
         "resumed_examples": summary["resumed_examples"],
-        "sweep": summary["sweep"], "examples": per_example,
+        "sweep": summary["sweep"],
+        "examples": per_example,
     }
 
 

@@ -66,21 +66,36 @@ class Stage:
             return StageSettings(self.fixed_steps, 1)
         ref = self.reference
         attack = getattr(reference_autoattack(version, norm), ref.attack)
-        return StageSettings(getattr(attack, ref.steps), ref.forced_restarts or attack.n_restarts,
-                             attack.n_target_classes if ref.targeted else None)
+        return StageSettings(
+            getattr(attack, ref.steps),
+            ref.forced_restarts or attack.n_restarts,
+            attack.n_target_classes if ref.targeted else None,
+        )
 
 
 STAGES: Registry[Stage] = Registry("attack stage")
 
 
-def reference_autoattack(version: str, norm: str, model: Optional[torch.nn.Module] = None, eps: float = 1.0,
-                         seed: int = 0, device: Optional[torch.device] = None):
+def reference_autoattack(
+    version: str,
+    norm: str,
+    model: Optional[torch.nn.Module] = None,
+    eps: float = 1.0,
+    seed: int = 0,
+    device: Optional[torch.device] = None,
+):
     """The reference AutoAttack, configured for `version` (with no model: only its settings are read)."""
     from pyautoattack import AutoAttack
 
     kwargs = {"device": device} if device is not None else {}
-    aa = AutoAttack(model if model is not None else torch.nn.Identity(), eps=eps, norm=_AA_NORM_NAME[norm],
-                    version=version, seed=seed, **kwargs)
+    aa = AutoAttack(
+        model if model is not None else torch.nn.Identity(),
+        eps=eps,
+        norm=_AA_NORM_NAME[norm],
+        version=version,
+        seed=seed,
+        **kwargs,
+    )
     aa.logger.setLevel(logging.WARNING)
     return aa
 
@@ -113,8 +128,9 @@ class StageRunner:
         self.model, self.plan, self.eps, self.seed, self.device = model, plan, eps, seed, device
         self._aa = None
 
-    def run(self, stage: str, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
-            curve: Dict[str, List[int]]) -> torch.Tensor:
+    def run(
+        self, stage: str, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, curve: Dict[str, List[int]]
+    ) -> torch.Tensor:
         """x_adv for the stage; PGD-type stages add their correct predictions at each iterate to `curve`."""
         spec = STAGES.get(stage)
         if spec.reference is None:
@@ -153,6 +169,16 @@ def _ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
+def _tracking(loss_fn, correct_per_iterate: List[int]):
+    """loss_fn that also records the correct predictions at each iterate."""
+
+    def tracked(logits, labels):
+        correct_per_iterate.append(int((logits.argmax(1) == labels).sum()))
+        return loss_fn(logits, labels)
+
+    return tracked
+
+
 def _pgd_like(loss_fn, alpha_of: Callable[[float, int], float], random_start: bool):
     def run(r: StageRunner, stage, x, y, generator, curve):
         s = r.plan.settings[stage]
@@ -160,13 +186,20 @@ def _pgd_like(loss_fn, alpha_of: Callable[[float, int], float], random_start: bo
         broken = torch.zeros(len(y), dtype=torch.bool, device=x.device)
         for restart in range(s.restarts):
             correct_per_iterate: List[int] = []
+            tracked = _tracking(loss_fn, correct_per_iterate)
 
-            def tracked(logits, labels):
-                correct_per_iterate.append(int((logits.argmax(1) == labels).sum()))
-                return loss_fn(logits, labels)
-
-            adv = pgd(r.model, x, y, eps=r.eps, alpha=alpha_of(r.eps, s.steps), steps=s.steps, norm=r.plan.norm,
-                      random_start=random_start, generator=generator, loss_fn=tracked)
+            adv = pgd(
+                r.model,
+                x,
+                y,
+                eps=r.eps,
+                alpha=alpha_of(r.eps, s.steps),
+                steps=s.steps,
+                norm=r.plan.norm,
+                random_start=random_start,
+                generator=generator,
+                loss_fn=tracked,
+            )
             with torch.no_grad():
                 wrong = r.model(adv).argmax(1) != y
             correct_per_iterate.append(int((~wrong).sum()))
@@ -184,24 +217,68 @@ def _pgd_like(loss_fn, alpha_of: Callable[[float, int], float], random_start: bo
 
 # --- the table -----------------------------------------------------------------------------------------------------
 for _stage in (
-    Stage("fgsm", PGD_NORMS, True, "FGSM: one step of size eps from x", fixed_steps=1,
-          run=_pgd_like(_ce_sum, lambda eps, steps: eps, random_start=False)),
-    Stage("pgd", PGD_NORMS, True, "PGD-20 on cross-entropy, step 2.5*eps/steps, random start", fixed_steps=20,
-          run=_pgd_like(_ce_sum, madry_alpha, random_start=True)),
-    Stage("cw", PGD_NORMS, True, "PGD-30 on the CW margin loss max_{j!=y} z_j - z_y", fixed_steps=30,
-          run=_pgd_like(cw_margin_sum, madry_alpha, random_start=True)),
-    Stage("apgd-ce", AA_NORMS, True, "APGD on cross-entropy (AutoAttack)",
-          reference=Reference("apgd", fixed=(("loss", "ce"),), derives_schedule=True)),
-    Stage("apgd-dlr", AA_NORMS, True, "APGD on the DLR loss (AutoAttack plus)",
-          reference=Reference("apgd", fixed=(("loss", "dlr"),), derives_schedule=True)),
-    Stage("apgd-t", AA_NORMS, True, "targeted APGD-DLR (AutoAttack)",
-          reference=Reference("apgd_targeted", targeted=True, derives_schedule=True)),
-    Stage("fab", AA_NORMS, True, "untargeted FAB (AutoAttack plus)",
-          reference=Reference("fab", fixed=(("targeted", False),))),
+    Stage(
+        "fgsm",
+        PGD_NORMS,
+        True,
+        "FGSM: one step of size eps from x",
+        fixed_steps=1,
+        run=_pgd_like(_ce_sum, lambda eps, steps: eps, random_start=False),
+    ),
+    Stage(
+        "pgd",
+        PGD_NORMS,
+        True,
+        "PGD-20 on cross-entropy, step 2.5*eps/steps, random start",
+        fixed_steps=20,
+        run=_pgd_like(_ce_sum, madry_alpha, random_start=True),
+    ),
+    Stage(
+        "cw",
+        PGD_NORMS,
+        True,
+        "PGD-30 on the CW margin loss max_{j!=y} z_j - z_y",
+        fixed_steps=30,
+        run=_pgd_like(cw_margin_sum, madry_alpha, random_start=True),
+    ),
+    Stage(
+        "apgd-ce",
+        AA_NORMS,
+        True,
+        "APGD on cross-entropy (AutoAttack)",
+        reference=Reference("apgd", fixed=(("loss", "ce"),), derives_schedule=True),
+    ),
+    Stage(
+        "apgd-dlr",
+        AA_NORMS,
+        True,
+        "APGD on the DLR loss (AutoAttack plus)",
+        reference=Reference("apgd", fixed=(("loss", "dlr"),), derives_schedule=True),
+    ),
+    Stage(
+        "apgd-t",
+        AA_NORMS,
+        True,
+        "targeted APGD-DLR (AutoAttack)",
+        reference=Reference("apgd_targeted", targeted=True, derives_schedule=True),
+    ),
+    Stage(
+        "fab",
+        AA_NORMS,
+        True,
+        "untargeted FAB (AutoAttack plus)",
+        reference=Reference("fab", fixed=(("targeted", False),)),
+    ),
     # run_standard_evaluation forces one restart for FAB-T
-    Stage("fab-t", AA_NORMS, True, "targeted FAB (AutoAttack)",
-          reference=Reference("fab", forced_restarts=1, targeted=True, fixed=(("targeted", True),))),
-    Stage("square", AA_NORMS, False, "Square, black-box (AutoAttack)",
-          reference=Reference("square", steps="n_queries")),
+    Stage(
+        "fab-t",
+        AA_NORMS,
+        True,
+        "targeted FAB (AutoAttack)",
+        reference=Reference("fab", forced_restarts=1, targeted=True, fixed=(("targeted", True),)),
+    ),
+    Stage(
+        "square", AA_NORMS, False, "Square, black-box (AutoAttack)", reference=Reference("square", steps="n_queries")
+    ),
 ):
     STAGES.add(_stage.name, _stage)

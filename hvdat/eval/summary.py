@@ -38,22 +38,37 @@ def summarise(chunks: Sequence[ChunkResult], plan: Plan, eps_values: Sequence[fl
         pixel_max = max((r.pixel_max for r in per), default=0.0)
         curve = _sum_curves(r.curve for r in per)
         entry = {
-            "eps": eps, "robust_accuracy": robust, "stages": stages, "max_perturbation": max_pert,
+            "eps": eps,
+            "robust_accuracy": robust,
+            "stages": stages,
+            "max_perturbation": max_pert,
             "perturbation_ok": all(within_budget(torch.tensor([p]), eps).item() for p in used)
-                               and (not used or (pixel_min >= 0 and pixel_max <= 1)),
+            and (not used or (pixel_min >= 0 and pixel_max <= 1)),
             "pixel_range": [pixel_min, pixel_max] if used else None,
             "pgd_curve": {k: [c / max(n, 1) for c in v] for k, v in curve.items()},
             "broken_by": [_stage_name(b, plan.stages) for b in broken_by],
             "adv_pred": [v for r in per for v in r.adv_pred],
             "perturbation": perturbation,
         }
-        entry["sanity"] = sanity_flags(plan, clean_correct / max(n, 1), stages, curve, n,
-                                       nan=sum(r.nan for r in per), rejected=sum(r.rejected for r in per),
-                                       randomized=randomized)
+        entry["sanity"] = sanity_flags(
+            plan,
+            clean_correct / max(n, 1),
+            stages,
+            curve,
+            n,
+            nan=sum(r.nan for r in per),
+            rejected=sum(r.rejected for r in per),
+            randomized=randomized,
+        )
         sweep.append(entry)
-    return {"n_examples": n, "clean_accuracy": clean_correct / max(n, 1),
-            "indices": [v for c in chunks for v in c.indices], "labels": labels, "clean_pred": clean_pred,
-            "sweep": sweep}
+    return {
+        "n_examples": n,
+        "clean_accuracy": clean_correct / max(n, 1),
+        "indices": [v for c in chunks for v in c.indices],
+        "labels": labels,
+        "clean_pred": clean_pred,
+        "sweep": sweep,
+    }
 
 
 def _stage_name(b: int, stages: Sequence[str]) -> Optional[str]:
@@ -71,8 +86,16 @@ def _sum_curves(curves) -> Dict[str, List[int]]:
     return total
 
 
-def sanity_flags(plan: Plan, clean_acc: float, stages: Dict[str, float], curve: Dict[str, List[int]], n: int,
-                 nan: int, rejected: int, randomized: bool) -> Dict[str, Dict]:
+def sanity_flags(
+    plan: Plan,
+    clean_acc: float,
+    stages: Dict[str, float],
+    curve: Dict[str, List[int]],
+    n: int,
+    nan: int,
+    rejected: int,
+    randomized: bool,
+) -> Dict[str, Dict]:
     """Signs of an unreliable evaluation (gradient masking, broken numerics), each with a one-line detail."""
     flags = {}
     white = [acc for s, acc in stages.items() if STAGES.get(s).white_box]
@@ -82,7 +105,9 @@ def sanity_flags(plan: Plan, clean_acc: float, stages: Dict[str, float], curve: 
         flags["square_beats_whitebox"] = {
             "raised": drop > SQUARE_ALPHA,
             "detail": f"black-box Square lowered robust accuracy by {drop:.2%} after the white-box attacks"
-                      if drop > SQUARE_ALPHA else "Square found nothing the white-box attacks missed"}
+            if drop > SQUARE_ALPHA
+            else "Square found nothing the white-box attacks missed",
+        }
     for stage, counts in curve.items():
         if len(counts) < 3:
             continue
@@ -92,19 +117,29 @@ def sanity_flags(plan: Plan, clean_acc: float, stages: Dict[str, float], curve: 
         flags[f"{stage}_accuracy_rises_with_steps"] = {
             "raised": raised,
             "detail": f"robust accuracy rose by {rise:.2%} from its lowest iterate to the last one"
-                      if raised else "robust accuracy does not rise with more steps"}
+            if raised
+            else "robust accuracy does not rise with more steps",
+        }
     flags["nan"] = {"raised": nan > 0, "detail": f"{nan} NaN outputs or adversarial examples" if nan else "no NaNs"}
-    flags["over_eps"] = {"raised": rejected > 0,
-                         "detail": f"{rejected} misclassified candidates left the eps-ball or [0,1] and were "
-                                   "not counted" if rejected else "every adversarial example is within eps and [0,1]"}
-    flags["randomized"] = {"raised": randomized,
-                           "detail": "two forward passes differ: a randomized defense? use --version rand"
-                           if randomized else "the model is deterministic"}
+    flags["over_eps"] = {
+        "raised": rejected > 0,
+        "detail": f"{rejected} misclassified candidates left the eps-ball or [0,1] and were not counted"
+        if rejected
+        else "every adversarial example is within eps and [0,1]",
+    }
+    flags["randomized"] = {
+        "raised": randomized,
+        "detail": "two forward passes differ: a randomized defense? use --version rand"
+        if randomized
+        else "the model is deterministic",
+    }
     return flags
 
 
 def headline(summary: Dict) -> Dict:
     """The top-level numbers: those of the largest eps in the sweep."""
     last = max(summary["sweep"], key=lambda e: e["eps"])
-    return {k: last[k] for k in ("eps", "robust_accuracy", "stages", "max_perturbation", "perturbation_ok",
-                                 "pixel_range", "sanity")}
+    return {
+        k: last[k]
+        for k in ("eps", "robust_accuracy", "stages", "max_perturbation", "perturbation_ok", "pixel_range", "sanity")
+    }

@@ -64,8 +64,15 @@ def evaluate(cfg: EvalConfig) -> None:
     resumed = sum(1 for c in range(len(bounds)) if c in done)
     resumed_examples = sum(bounds[c][1] - bounds[c][0] for c in done if c < len(bounds))
     if rank == 0:
-        events.emit("start", n_examples=cfg.n_examples, chunks=len(bounds), world_size=size, stages=list(plan.stages),
-                    resumed_chunks=resumed, resumed_examples=resumed_examples)
+        events.emit(
+            "start",
+            n_examples=cfg.n_examples,
+            chunks=len(bounds),
+            world_size=size,
+            stages=list(plan.stages),
+            resumed_chunks=resumed,
+            resumed_examples=resumed_examples,
+        )
     start = time.perf_counter()
     results: List[ChunkResult] = []
     for c in mine:
@@ -76,8 +83,9 @@ def evaluate(cfg: EvalConfig) -> None:
         lo, hi = bounds[c]
         x, y = examples(test, lo, hi, device)
         clean_pred, per_eps, randomized = evaluate_chunk(model, x, y, plan, runners, seed_for(cfg.seed, c))
-        result = ChunkResult(c, list(range(lo, hi)), y.tolist(), clean_pred, per_eps, randomized,
-                             time.perf_counter() - chunk_start)
+        result = ChunkResult(
+            c, list(range(lo, hi)), y.tolist(), clean_pred, per_eps, randomized, time.perf_counter() - chunk_start
+        )
         store.append(result)
         results.append(result)
         events.emit("chunk", rank=rank, chunk=c, examples=hi - lo, seconds=result.seconds)
@@ -86,9 +94,17 @@ def evaluate(cfg: EvalConfig) -> None:
     rank_seconds = world.allgather_object(compute_seconds, name="eval.seconds")
     if rank == 0:
         summary = summarise([r for part in gathered for r in part], plan, cfg.eps)
-        summary.update(seconds=time.perf_counter() - start, rank_seconds=rank_seconds, world_size=size,
-                       plan=plan.to_dict(), num_classes=state["num_classes"], arch=state["arch"],
-                       threads=torch.get_num_threads(), resumed_chunks=resumed, resumed_examples=resumed_examples)
+        summary.update(
+            seconds=time.perf_counter() - start,
+            rank_seconds=rank_seconds,
+            world_size=size,
+            plan=plan.to_dict(),
+            num_classes=state["num_classes"],
+            arch=state["arch"],
+            threads=torch.get_num_threads(),
+            resumed_chunks=resumed,
+            resumed_examples=resumed_examples,
+        )
         events.emit("result", **summary)
 
 

@@ -7,5 +7,14 @@ from .argv import build_argv, shell_quote
 from .job import JobResult, raise_for_failure, run_collecting, run_job
 from .spec import LaunchSpec, slots_of, validate
 
-__all__ = ["LaunchSpec", "build_argv", "shell_quote", "run_job", "run_collecting", "raise_for_failure", "JobResult", "slots_of",
-           "validate"]
+__all__ = [
+    "LaunchSpec",
+    "build_argv",
+    "shell_quote",
+    "run_job",
+    "run_collecting",
+    "raise_for_failure",
+    "JobResult",
+    "slots_of",
+    "validate",
+]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
@@ -26,8 +27,13 @@ class JobResult:
     tails: Dict[Optional[int], List[str]] = field(default_factory=dict)  # rank (None: horovodrun) -> last lines
 
 
-def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Optional[Dict[str, str]] = None,
-            echo: Optional[Callable[[str], None]] = None) -> JobResult:
+def run_job(
+    argv: Sequence[str],
+    log_path: Path,
+    on_event: EventHandler,
+    env: Optional[Dict[str, str]] = None,
+    echo: Optional[Callable[[str], None]] = None,
+) -> JobResult:
     """Run argv to completion. Ctrl-C (or SIGTERM to us) is forwarded to the whole job as SIGTERM so workers can
     write a final checkpoint; a second Ctrl-C kills the job."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -36,8 +42,17 @@ def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Op
     failed: Dict[int, str] = {}
     usage: Set[int] = set()
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(list(argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                text=True, bufsize=1, env=full_env, start_new_session=True, errors="replace")
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            env=full_env,
+            start_new_session=True,
+            errors="replace",
+        )
         reader = threading.Thread(target=_pump, args=(proc, log, tails, failed, usage, on_event, echo), daemon=True)
         reader.start()
         interrupts = 0
@@ -55,8 +70,13 @@ def run_job(argv: Sequence[str], log_path: Path, on_event: EventHandler, env: Op
     return JobResult(proc.returncode, failed, usage, {rank: list(lines) for rank, lines in tails.items()})
 
 
-def run_collecting(argv: Sequence[str], log_path: Path, on_event: EventHandler, kinds: Sequence[str],
-                   env: Optional[Dict[str, str]] = None) -> Tuple[JobResult, Dict[str, List[dict]]]:
+def run_collecting(
+    argv: Sequence[str],
+    log_path: Path,
+    on_event: EventHandler,
+    kinds: Sequence[str],
+    env: Optional[Dict[str, str]] = None,
+) -> Tuple[JobResult, Dict[str, List[dict]]]:
     """`run_job`, also keeping the events of the given kinds (e.g. `epoch`, `result`), in order."""
     found: Dict[str, List[dict]] = {kind: [] for kind in kinds}
 
@@ -98,10 +118,8 @@ def _sigterm_as_interrupt():
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
@@ -119,5 +137,7 @@ def raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
         lines = result.tails.get(None) or result.tails.get(rank) or []
         summary = f"{what} exited with code {result.returncode}"
     detail = "\n".join("    " + line for line in lines[-TAIL_LINES:])
-    raise JobFailed(f"{summary}\n  full log: {log_path}" + (f"\n  last lines:\n{detail}" if detail else ""),
-                    exit_code=result.returncode or 1)
+    raise JobFailed(
+        f"{summary}\n  full log: {log_path}" + (f"\n  last lines:\n{detail}" if detail else ""),
+        exit_code=result.returncode or 1,
+    )

@@ -40,8 +40,10 @@ def _check_tools() -> None:
 def _run(argv: List[str]) -> None:
     proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise UsageError(f"`{' '.join(argv)}` failed: {proc.stderr.strip() or proc.returncode}",
-                         "is this a container without CAP_NET_ADMIN?")
+        raise UsageError(
+            f"`{' '.join(argv)}` failed: {proc.stderr.strip() or proc.returncode}",
+            "is this a container without CAP_NET_ADMIN?",
+        )
 
 
 @contextlib.contextmanager
@@ -52,8 +54,27 @@ def shaped_namespace(rate: str) -> Iterator[List[str]]:
     _run(["ip", "netns", "add", name])
     try:
         _run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "mtu", str(MTU), "up"])
-        _run(["ip", "netns", "exec", name, "tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", rate,
-              "burst", BURST, "latency", LATENCY])
+        _run(
+            [
+                "ip",
+                "netns",
+                "exec",
+                name,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                "lo",
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                BURST,
+                "latency",
+                LATENCY,
+            ]
+        )
         yield ["ip", "netns", "exec", name]
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)

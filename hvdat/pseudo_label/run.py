@@ -18,8 +18,9 @@ WORKER = "hvdat.pseudo_label.worker"
 def prepare(request: PseudoLabelConfig, spec: LaunchSpec) -> PseudoLabelConfig:
     """Every check that can fail before launch; the resolved job (its checkpoint file)."""
     if request.which not in (checkpoint.LAST, checkpoint.BEST):
-        raise UsageError(f"unknown --checkpoint {request.which!r}",
-                         f"choose from: {checkpoint.LAST}, {checkpoint.BEST}")
+        raise UsageError(
+            f"unknown --checkpoint {request.which!r}", f"choose from: {checkpoint.LAST}, {checkpoint.BEST}"
+        )
     model = Path(request.model)
     ckpt = model / request.which if model.is_dir() else model
     checkpoint.load(ckpt)  # a clear error for a missing or foreign file
@@ -41,8 +42,9 @@ def job_file(job: PseudoLabelConfig) -> Path:
     return out.with_name(out.name + ".job.json")
 
 
-def run_pseudo_label(job: PseudoLabelConfig, argv: List[str],
-                     on_event: Callable[[dict], None] = lambda event: None) -> Dict[str, Any]:
+def run_pseudo_label(
+    job: PseudoLabelConfig, argv: List[str], on_event: Callable[[dict], None] = lambda event: None
+) -> Dict[str, Any]:
     """Write the job file, run the job (raises JobFailed on failure), return its summary."""
     job.save(job_file(job))
     out = Path(job.out)

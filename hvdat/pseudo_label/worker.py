@@ -37,7 +37,7 @@ def label(job: PseudoLabelConfig) -> None:
     model.to(device).eval()
     files = image_files(job.data_dir)
     if job.limit:
-        files = files[:job.limit]
+        files = files[: job.limit]
     if not files:
         raise UsageError(f"no images under {job.data_dir}")
     start = time.perf_counter()
@@ -48,7 +48,7 @@ def label(job: PseudoLabelConfig) -> None:
     labels, confidence = [], []
     with torch.no_grad():
         for begin in range(0, len(images), job.batch_size):
-            x = torch.from_numpy(images[begin:begin + job.batch_size]).to(device).float().div_(255)
+            x = torch.from_numpy(images[begin : begin + job.batch_size]).to(device).float().div_(255)
             p = torch.softmax(model(x).float(), dim=1)
             conf, pred = p.max(1)
             labels.append(pred.cpu())
@@ -66,17 +66,30 @@ def label(job: PseudoLabelConfig) -> None:
         return
     order = torch.argsort(index_t)
     labels_np, conf_np = labels_t[order].numpy(), conf_t[order].numpy()
-    save(Path(job.out), images_t[order].numpy(), labels_np, conf_np,
-         [os.path.relpath(files[i], job.data_dir) for i in index_t[order].tolist()])
+    save(
+        Path(job.out),
+        images_t[order].numpy(),
+        labels_np,
+        conf_np,
+        [os.path.relpath(files[i], job.data_dir) for i in index_t[order].tolist()],
+    )
     counts = np.bincount(labels_np, minlength=state["num_classes"]).tolist()
-    events.emit("done", out=job.out, images=len(labels_np), class_counts=counts,
-                mean_confidence=float(conf_np.mean()), seconds=time.perf_counter() - start, world_size=size,
-                checkpoint=job.checkpoint)
+    events.emit(
+        "done",
+        out=job.out,
+        images=len(labels_np),
+        class_counts=counts,
+        mean_confidence=float(conf_np.mean()),
+        seconds=time.perf_counter() - start,
+        world_size=size,
+        checkpoint=job.checkpoint,
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    return worker_main(lambda path: label(PseudoLabelConfig.load(path)), "python -m hvdat.pseudo_label.worker",
-                       __doc__, argv)
+    return worker_main(
+        lambda path: label(PseudoLabelConfig.load(path)), "python -m hvdat.pseudo_label.worker", __doc__, argv
+    )
 
 
 if __name__ == "__main__":

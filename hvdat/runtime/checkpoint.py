@@ -35,11 +35,15 @@ def load(path: Path, arch: Optional[str] = None) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UsageError(f"{path} is not a loadable hvdat checkpoint ({type(exc).__name__})",
-                         "it may be truncated or from another tool") from None
+        raise UsageError(
+            f"{path} is not a loadable hvdat checkpoint ({type(exc).__name__})",
+            "it may be truncated or from another tool",
+        ) from None
     if not isinstance(state, dict) or "model" not in state or "arch" not in state:
         raise UsageError(f"{path} is not an hvdat checkpoint", "expected a file written by `hvdat train`")
     if arch is not None and state["arch"] != arch:
-        raise UsageError(f"checkpoint {path} holds arch {state['arch']!r}, not {arch!r}",
-                         f"pass --arch {state['arch']} or start a fresh --out directory")
+        raise UsageError(
+            f"checkpoint {path} holds arch {state['arch']!r}, not {arch!r}",
+            f"pass --arch {state['arch']} or start a fresh --out directory",
+        )
     return state

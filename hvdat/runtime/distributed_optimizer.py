@@ -41,8 +41,9 @@ class _PackedExchange:
         if p.grad is None:  # as Horovod does: another rank may have a gradient for it
             p.grad = p.data.new(p.size()).zero_()
         name = self._parameter_names.get(p)
-        tensor = local_sgd_update(p, self._group_of[p], self._compression.momentum, name) \
-            if self._sends_updates else p.grad
+        tensor = (
+            local_sgd_update(p, self._group_of[p], self._compression.momentum, name) if self._sends_updates else p.grad
+        )
         payload, ctx = self._compression.compress(tensor, name=name)
         self._bytes_this_step += payload.numel() * payload.element_size()
         return allgather_async(payload, name=f"hvdat.packed.{name}", process_set=self.process_set), ctx
@@ -69,22 +70,29 @@ class _PackedExchange:
 def DistributedOptimizer(optimizer: torch.optim.Optimizer, named_parameters, compression):
     """Like `horovod.torch.DistributedOptimizer(optimizer, named_parameters, compression)`.
 
-    `compression` is a `hvdat.runtime.horovod_compression.Compression` member, as a class or an instance (a class is instantiated
-    once here, so stateful compressors get their own state). Allreduce compressors (none, fp16) go to Horovod's own
-    optimizer unchanged; packed ones (`packed = True`) to the allgather exchange above, which also counts the
-    payload bytes of every step in `bytes_sent_per_step`.
+    `compression` is a `hvdat.runtime.horovod_compression.Compression` member, as a class or an instance (a class
+    is instantiated once here, so stateful compressors get their own state). Allreduce compressors (none, fp16) go
+    to Horovod's own optimizer unchanged; packed ones (`packed = True`) to the allgather exchange above, which also
+    counts the payload bytes of every step in `bytes_sent_per_step`.
     """
     import horovod.torch as hvd
 
     if isinstance(compression, type) and getattr(compression, "packed", False):
         compression = compression()
     if getattr(compression, "sends_updates", False) and not isinstance(optimizer, torch.optim.SGD):
-        raise ValueError(f"{type(compression).__name__} sends each worker's SGD update and needs torch.optim.SGD, "
-                         f"not {type(optimizer).__name__}; use --optimizer sgd")
+        raise ValueError(
+            f"{type(compression).__name__} sends each worker's SGD update and needs torch.optim.SGD, "
+            f"not {type(optimizer).__name__}; use --optimizer sgd"
+        )
     if not getattr(compression, "packed", False):
         return hvd.DistributedOptimizer(optimizer, named_parameters=named_parameters, compression=compression)
     body = dict(_DistributedOptimizer.__dict__)
-    body.update({k: v for k, v in _PackedExchange.__dict__.items() if k in ("__init__", "_allreduce_grad_async",
-                                                                            "synchronize", "step")})
+    body.update(
+        {
+            k: v
+            for k, v in _PackedExchange.__dict__.items()
+            if k in ("__init__", "_allreduce_grad_async", "synchronize", "step")
+        }
+    )
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,), body)
     return cls(optimizer.param_groups, named_parameters, compression)

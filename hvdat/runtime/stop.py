@@ -21,7 +21,7 @@ class StopSignal:
         self.signum = 0
 
     @classmethod
-    def install(cls) -> "StopSignal":
+    def install(cls) -> StopSignal:
         stop = cls()
         for sig in SIGNALS:
             signal.signal(sig, stop._handle)

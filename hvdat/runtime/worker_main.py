@@ -18,8 +18,9 @@ def current_rank() -> int:
     return int(os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
 
 
-def worker_main(run: Callable[[Path], None], prog: str, description: Optional[str],
-                argv: Optional[List[str]] = None) -> int:
+def worker_main(
+    run: Callable[[Path], None], prog: str, description: Optional[str], argv: Optional[List[str]] = None
+) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", required=True, type=Path, help="the job's config file, written by the CLI")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ class World:
     device: torch.device
 
     @classmethod
-    def start(cls, threads: int = 0) -> "World":
+    def start(cls, threads: int = 0) -> World:
         """`hvd.init()`, one GPU per local rank (when there are GPUs), and `threads` torch threads (0: the cores
         divided among the workers on this host)."""
         import horovod.torch as hvd
@@ -32,7 +32,7 @@ class World:
             torch.cuda.set_device(device)
         return cls(hvd, hvd.rank(), hvd.size(), device)
 
-    def resized(self) -> "World":
+    def resized(self) -> World:
         """After an elastic job re-forms its ring: the new rank and size."""
         return World(self.hvd, self.hvd.rank(), self.hvd.size(), self.device)
 

@@ -41,26 +41,39 @@ class CollapseGuard:
         """Remember a good state (a deep copy) to roll back to."""
         self.snapshot = copy.deepcopy(state)
 
-    def check_accuracy(self, trainer: "Trainer") -> float:
+    def check_accuracy(self, trainer: Trainer) -> float:
         """PGD accuracy on the fixed training images (collective: every rank calls it)."""
         cfg, world, model = self.cfg, trainer.world, trainer.learner.model
         train = trainer.inputs.splits.train
         mine = list(range(world.rank, min(cfg.co_guard_samples, len(train)), world.size))
         model.eval()
         generator = torch.Generator(world.device).manual_seed(seed_for(cfg.seed, world.rank, 1_000_033))
-        correct, _ = pgd_correct(model, batches(train, mine, max(len(mine), 1), world.device, 0), eps=cfg.eps,
-                                 steps=cfg.eval_steps, norm=cfg.norm, generator=generator)
+        correct, _ = pgd_correct(
+            model,
+            batches(train, mine, max(len(mine), 1), world.device, 0),
+            eps=cfg.eps,
+            steps=cfg.eval_steps,
+            norm=cfg.norm,
+            generator=generator,
+        )
         correct, total = world.allreduce_sum([correct, len(mine)])
         return correct / max(total, 1)
 
-    def after_epoch(self, trainer: "Trainer") -> Dict[str, Any]:
+    def after_epoch(self, trainer: Trainer) -> Dict[str, Any]:
         """Check the epoch just trained; on collapse roll back and switch the attack. Returns the keys to record."""
         accuracy = self.check_accuracy(trainer)
-        collapsed = (self.best >= MIN_BEST and accuracy < self.cfg.co_guard_ratio * self.best
-                     and self.rollbacks < MAX_ROLLBACKS)
+        collapsed = (
+            self.best >= MIN_BEST and accuracy < self.cfg.co_guard_ratio * self.best and self.rollbacks < MAX_ROLLBACKS
+        )
         attack = trainer.attack
-        record = {"co_guard_acc": accuracy, "co_guard_best": self.best, "co_guard_collapsed": collapsed,
-                  "attack": attack.name, "attack_alpha": attack.params.alpha, "attack_steps": attack.params.steps}
+        record = {
+            "co_guard_acc": accuracy,
+            "co_guard_best": self.best,
+            "co_guard_collapsed": collapsed,
+            "attack": attack.name,
+            "attack_alpha": attack.params.alpha,
+            "attack_steps": attack.params.steps,
+        }
         if not collapsed:
             self.best = max(self.best, accuracy)
             trainer.gather_compression_state()  # collective: the snapshot holds this epoch's EF residuals
@@ -70,8 +83,12 @@ class CollapseGuard:
         trainer.load_state_dict(copy.deepcopy(self.snapshot))  # also restores this guard's state of that time
         self.rollbacks = rollbacks
         trainer.attack = self.fallback(attack)
-        record.update(co_guard_rolled_back_to_epoch=trainer.position.epoch, co_guard_switched_to=trainer.attack.name,
-                      co_guard_new_alpha=trainer.attack.params.alpha, co_guard_new_steps=trainer.attack.params.steps)
+        record.update(
+            co_guard_rolled_back_to_epoch=trainer.position.epoch,
+            co_guard_switched_to=trainer.attack.name,
+            co_guard_new_alpha=trainer.attack.params.alpha,
+            co_guard_new_steps=trainer.attack.params.steps,
+        )
         return record
 
     def fallback(self, current: TrainingAttack) -> TrainingAttack:

@@ -18,9 +18,10 @@ from ..errors import UsageError
 from ..frozen_config import FrozenConfig
 from ..models import MODELS
 from ..optim import OPTIMIZERS
+from ..options import ATTACK, CLUSTER, DATA, DATA_DIR, FAST, NORM, OPTIM, OUTPUT, SEED, THREADS, option
 from ..registry import Registry
 from ..schedule import SCHEDULES
-from ..options import ATTACK, CLUSTER, DATA, DATA_DIR, FAST, NORM, OPTIM, OUTPUT, SEED, THREADS, option
+
 
 def _eps(value: Any, values: Dict[str, Any]) -> float:
     return parse_eps(value, norm=values["norm"])
@@ -47,8 +48,9 @@ class TrainConfig(FrozenConfig):
     MISSING_HINT = "point at a run directory made by `hvdat train`"
 
     # elastic (the launch options themselves are a LaunchSpec)
-    commit_every: int = option(10, "Elastic: batches between state commits (a lost worker costs at most this many).",
-                               CLUSTER)
+    commit_every: int = option(
+        10, "Elastic: batches between state commits (a lost worker costs at most this many).", CLUSTER
+    )
     # data
     dataset: str = option("digits", _names("Dataset", DATASETS), DATA)
     data_dir: Optional[str] = option(None, DATA_DIR, cli_type=Path)
@@ -59,17 +61,29 @@ class TrainConfig(FrozenConfig):
     arch: str = option("small-cnn", _names("Model", MODELS, ", or any torchvision classifier (resnet50, ...)"), DATA)
     # adversarial training
     attack: str = option("pgd", _documented("Training attack", ATTACKS), ATTACK)
-    eps: float = option(8 / 255, "Perturbation budget in [0,1] pixels: 8/255 or 0.031.", ATTACK, cli_type=str,
-                        parse=_eps, cli_default="8/255")
-    alpha: Optional[float] = option(None, "Attack step size (default: the attack's own, e.g. 2.5*eps/steps for PGD, "
-                                    "1.25*eps for FGSM-RS).", ATTACK, cli_type=str, parse=_alpha)
+    eps: float = option(
+        8 / 255,
+        "Perturbation budget in [0,1] pixels: 8/255 or 0.031.",
+        ATTACK,
+        cli_type=str,
+        parse=_eps,
+        cli_default="8/255",
+    )
+    alpha: Optional[float] = option(
+        None,
+        "Attack step size (default: the attack's own, e.g. 2.5*eps/steps for PGD, 1.25*eps for FGSM-RS).",
+        ATTACK,
+        cli_type=str,
+        parse=_alpha,
+    )
     steps: int = option(10, "PGD/TRADES attack steps.", ATTACK)
     norm: str = option("linf", NORM)
     random_start: bool = option(True, "Start PGD from a random point in the eps-ball.", ATTACK)
     trades_beta: float = option(6.0, "TRADES' robustness weight.", ATTACK)
     clean_weight: float = option(0.0, "DAT's mixed loss: λ·CE(clean) + CE(adv).", ATTACK)
-    attack_bn: str = option("train", "BatchNorm during the attack: train (batch stats, running stats frozen) or eval.",
-                            ATTACK)
+    attack_bn: str = option(
+        "train", "BatchNorm during the attack: train (batch stats, running stats frozen) or eval.", ATTACK
+    )
     # evaluation each epoch (PGD on a test subset)
     eval_samples: int = option(512, "Test images attacked with PGD after each epoch.", ATTACK)
     eval_steps: int = option(10, "PGD steps for that per-epoch robust accuracy.", ATTACK)
@@ -89,18 +103,29 @@ class TrainConfig(FrozenConfig):
     # system
     compression: str = option("none", _documented("Gradient compression", COMPRESSORS), CLUSTER)
     threads: int = option(0, THREADS)
-    out: str = option("runs/latest", "Run directory: config.json, metrics.jsonl, last.pt, best.pt, logs/.", OUTPUT,
-                      flags=("--out",), cli_type=Path)
+    out: str = option(
+        "runs/latest",
+        "Run directory: config.json, metrics.jsonl, last.pt, best.pt, logs/.",
+        OUTPUT,
+        flags=("--out",),
+        cli_type=Path,
+    )
     seed: int = option(0, SEED)
     resume: bool = option(False, "Continue from --out/last.pt.", OUTPUT, flags=("--resume",))
     np: int = 1  # for the record (from the launch options); the launcher decides the real world size
     # unlabeled data (Carmon et al. 2019; DAT's CIFAR-10 + 500K): pseudo-labelled images mixed into each batch
-    extra_data: Optional[str] = option(None, "Pseudo-labelled images (.npz from `hvdat pseudo-label`) mixed into every "
-                                       "batch.", DATA, cli_type=Path)
+    extra_data: Optional[str] = option(
+        None, "Pseudo-labelled images (.npz from `hvdat pseudo-label`) mixed into every batch.", DATA, cli_type=Path
+    )
     extra_fraction: float = option(0.5, "Share of each batch taken from --extra-data.", DATA)
     # catastrophic-overfitting guard: a PGD check each epoch; on collapse roll back and change the attack
-    co_guard: bool = option(False, "Catastrophic-overfitting guard: a PGD check on fixed training images each epoch; "
-                            "on collapse roll back and switch attack.", ATTACK, flags=("--co-guard",))
+    co_guard: bool = option(
+        False,
+        "Catastrophic-overfitting guard: a PGD check on fixed training images each epoch; "
+        "on collapse roll back and switch attack.",
+        ATTACK,
+        flags=("--co-guard",),
+    )
     co_guard_samples: int = option(256, "Training images the guard attacks.", ATTACK)
     co_guard_ratio: float = option(0.5, "Collapse: check accuracy below this fraction of its best.", ATTACK)
     co_guard_fallback: str = option("pgd", "Attack after a collapse (the same as --attack: half its step).", ATTACK)
@@ -110,7 +135,7 @@ class TrainConfig(FrozenConfig):
     channels_last: bool = option(False, "channels_last memory format.", FAST, flags=("--channels-last",))
     compile: bool = option(False, "torch.compile the model for the training step.", FAST, flags=("--compile",))
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every choice against its registry and every number against its range (UsageError on failure)."""
         from ..data import load_splits
         from .fast_path import AMP_DTYPES
@@ -121,16 +146,21 @@ class TrainConfig(FrozenConfig):
         OPTIMIZERS.get(self.optimizer)
         compressor = COMPRESSORS.get(self.compression)
         if compressor.needs_sgd and self.optimizer != "sgd":  # it sends each worker's SGD update
-            raise UsageError(f"--compression {self.compression} needs --optimizer sgd, not {self.optimizer}",
-                             "use --optimizer sgd, or --compression sign/natural")
+            raise UsageError(
+                f"--compression {self.compression} needs --optimizer sgd, not {self.optimizer}",
+                "use --optimizer sgd, or --compression sign/natural",
+            )
         if not compressor.allows_fp16_amp and self.amp == "fp16":  # its state would hold loss-scaled values
-            raise UsageError(f"--compression {self.compression} cannot run under --amp fp16: it folds gradients into "
-                             "its error feedback before the GradScaler unscales them",
-                             "use --amp bf16 (no loss scaling), or --compression sign/natural")
+            raise UsageError(
+                f"--compression {self.compression} cannot run under --amp fp16: it folds gradients into "
+                "its error feedback before the GradScaler unscales them",
+                "use --amp bf16 (no loss scaling), or --compression sign/natural",
+            )
         SCHEDULES.get(self.schedule)
         if self.norm not in spec.norms:
-            raise UsageError(f"attack {self.attack!r} does not support norm {self.norm!r}",
-                             f"use --norm {' or '.join(spec.norms)}")
+            raise UsageError(
+                f"attack {self.attack!r} does not support norm {self.norm!r}", f"use --norm {' or '.join(spec.norms)}"
+            )
         parse_eps(self.eps, norm=self.norm)
         if self.alpha is not None and not self.alpha > 0:
             raise UsageError(f"--alpha must be positive, got {self.alpha}")
@@ -147,21 +177,30 @@ class TrainConfig(FrozenConfig):
             raise UsageError(f"unknown --attack-bn {self.attack_bn!r}", "choose from: train, eval")
         if self.clean_weight < 0 or self.trades_beta < 0 or self.warmup_epochs < 0:
             raise UsageError("--clean-weight, --trades-beta and --warmup-epochs must be >= 0")
-        for count, name in ((self.train_samples, "--train-samples"), (self.test_samples, "--test-samples"),
-                            (self.eval_samples, "--eval-samples"), (self.threads, "--threads")):
+        for count, name in (
+            (self.train_samples, "--train-samples"),
+            (self.test_samples, "--test-samples"),
+            (self.eval_samples, "--eval-samples"),
+            (self.threads, "--threads"),
+        ):
             if count < 0:
                 raise UsageError(f"{name} must be >= 0, got {count}")
         if self.amp not in AMP_DTYPES:
             raise UsageError(f"unknown --amp {self.amp!r}", f"choose from: {', '.join(AMP_DTYPES)}")
         if self.extra_data is not None:
             if not Path(self.extra_data).is_file():
-                raise UsageError(f"--extra-data {self.extra_data} does not exist",
-                                 "write it with `hvdat pseudo-label --model RUN --data-dir DIR --out extra.npz`")
+                raise UsageError(
+                    f"--extra-data {self.extra_data} does not exist",
+                    "write it with `hvdat pseudo-label --model RUN --data-dir DIR --out extra.npz`",
+                )
             if not 0.0 < self.extra_fraction < 1.0:
                 raise UsageError(f"--extra-fraction must lie in (0, 1), got {self.extra_fraction}")
             if round(self.extra_fraction * self.batch_size) in (0, self.batch_size):
-                raise UsageError(f"--extra-fraction {self.extra_fraction} of --batch-size {self.batch_size} leaves "
-                                 "no labeled or no extra images per batch", "raise --batch-size")
+                raise UsageError(
+                    f"--extra-fraction {self.extra_fraction} of --batch-size {self.batch_size} leaves "
+                    "no labeled or no extra images per batch",
+                    "raise --batch-size",
+                )
         if self.co_guard:
             ATTACKS.get(self.co_guard_fallback)
             _positive("--co-guard-samples", self.co_guard_samples)

@@ -58,9 +58,13 @@ def train(cfg: TrainConfig) -> None:
     if rank_state.has_rank_state(trainer.learner.compressor):
         rank_state.register(trainer.learner.compressor)
         per_rank["compression"] = trainer.learner.compressor
-    state = hvd.elastic.TorchState(model=trainer.learner.model, optimizer=trainer.learner.optimizer,
-                                   sampler=trainer.sampler, **per_rank,
-                                   **{name: getattr(position, name) for name in POSITION})
+    state = hvd.elastic.TorchState(
+        model=trainer.learner.model,
+        optimizer=trainer.learner.optimizer,
+        sampler=trainer.sampler,
+        **per_rank,
+        **{name: getattr(position, name) for name in POSITION},
+    )
 
     def on_reset() -> None:
         trainer.resized()
@@ -88,7 +92,12 @@ def train(cfg: TrainConfig) -> None:
             trainer.sampler.set_epoch(epoch + 1)
             trainer.record(metrics)
             state.epoch, state.batch, state.step, state.partial, state.best = (
-                position.epoch, 0, position.step, [0.0, 0.0, 0.0], position.best)
+                position.epoch,
+                0,
+                position.step,
+                [0.0, 0.0, 0.0],
+                position.best,
+            )
             state.commit()
 
     run(state)

@@ -26,7 +26,7 @@ class TrainInputs:
     loader_workers: int  # DataLoader processes for folders streamed from disk (0: in memory)
 
     @classmethod
-    def load(cls, cfg: TrainConfig) -> "TrainInputs":
+    def load(cls, cfg: TrainConfig) -> TrainInputs:
         splits = load_splits(cfg.dataset, cfg.data_dir, cfg.train_samples, cfg.test_samples)
         extra = ExtraImages.load(cfg.extra_data, splits.shape, splits.num_classes) if cfg.extra_data else None
         per_batch = extra_per_batch(cfg.extra_fraction, cfg.batch_size) if extra else 0
@@ -37,8 +37,9 @@ class TrainInputs:
         """Full labeled batches of these training indices, in order."""
         return batches(self.splits.train, indices, self.labeled_batch, device, self.loader_workers)
 
-    def complete(self, x: torch.Tensor, y: torch.Tensor, rank: int, epoch: int, batch: int,
-                 device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    def complete(
+        self, x: torch.Tensor, y: torch.Tensor, rank: int, epoch: int, batch: int, device: torch.device
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
         """Batch `batch` of `epoch` as the step sees it: extra images appended, augmented, in the memory format."""
         cfg = self.cfg
         if self.extra is not None:

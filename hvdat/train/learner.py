@@ -38,18 +38,26 @@ class Learner:
     static_bytes_per_step: int  # allreduce compressors' exact bytes; packed ones are counted live
 
     @classmethod
-    def build(cls, cfg: TrainConfig, splits: Splits, world: World) -> "Learner":
+    def build(cls, cfg: TrainConfig, splits: Splits, world: World) -> Learner:
         model = build_model(cfg.arch, splits.num_classes, splits.shape, splits.mean, splits.std).to(world.device)
-        optimizer = build_optimizer(cfg.optimizer, model, peak_lr(cfg, world.size), cfg.momentum, cfg.weight_decay,
-                                    cfg.nesterov)
+        optimizer = build_optimizer(
+            cfg.optimizer, model, peak_lr(cfg, world.size), cfg.momentum, cfg.weight_decay, cfg.nesterov
+        )
         compressor = build_compressor(cfg.compression, seed_for(cfg.seed, world.rank, 3))
         # each gradient's exchange starts as soon as backward produces it; the wrapped optimizer builds a new one
         # from the param groups, so nothing may be loaded into `optimizer` before this
         optimizer = DistributedOptimizer(optimizer, model.named_parameters(), compressor)
         shapes = [p.shape for p in model.parameters() if p.requires_grad]
-        return cls(model, fast_path.compiled(model, cfg.compile), optimizer, compressor,
-                   fast_path.autocast(cfg.amp, world.device), fast_path.grad_scaler(cfg.amp, world.device),
-                   4 * sum(shape.numel() for shape in shapes), wire_bytes(cfg.compression, shapes))
+        return cls(
+            model,
+            fast_path.compiled(model, cfg.compile),
+            optimizer,
+            compressor,
+            fast_path.autocast(cfg.amp, world.device),
+            fast_path.grad_scaler(cfg.amp, world.device),
+            4 * sum(shape.numel() for shape in shapes),
+            wire_bytes(cfg.compression, shapes),
+        )
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
@@ -79,8 +87,11 @@ class Learner:
         return hasattr(self.compressor, "state_dict")
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
 
     def load_state_dict(self, state: Dict[str, Any], compression_ranks: List[Dict], rank: int, size: int) -> None:
         self.model.load_state_dict(state["model"])

@@ -16,8 +16,13 @@ class Position:
     best: float = -1.0  # best per-epoch robust accuracy so far (chooses best.pt)
 
     def state_dict(self) -> Dict[str, Any]:
-        return {"epoch": self.epoch, "step": self.step, "batch": self.batch, "partial": list(self.partial),
-                "best_robust_acc": self.best}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch": self.batch,
+            "partial": list(self.partial),
+            "best_robust_acc": self.best,
+        }
 
     def load_state_dict(self, state: Dict[str, Any], labeled_batch: int, size: int) -> None:
         """Restore; a position saved with another world size or batch is converted by samples: the first

@@ -13,13 +13,28 @@ from ..out_dirs import make_dir
 from ..runtime import checkpoint
 from .config import TrainConfig
 from .run_folder import CONFIG_FILE, METRICS, TRAIN_LOG
+
 WORKER, ELASTIC_WORKER = "hvdat.train.worker", "hvdat.train.elastic"
 RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS)
 
 # What a resumed run may change: its length, where and how fast it runs, and its per-epoch check. Anything else
 # would make the checkpoint's run and config.json (rewritten on resume) describe a run that never happened.
-RESUME_MAY_CHANGE = frozenset({"epochs", "np", "threads", "out", "resume", "commit_every", "data_dir", "eval_samples",
-                               "eval_steps", "amp", "channels_last", "compile"})
+RESUME_MAY_CHANGE = frozenset(
+    {
+        "epochs",
+        "np",
+        "threads",
+        "out",
+        "resume",
+        "commit_every",
+        "data_dir",
+        "eval_samples",
+        "eval_steps",
+        "amp",
+        "channels_last",
+        "compile",
+    }
+)
 
 
 @dataclass
@@ -32,20 +47,28 @@ class TrainOutcome:
 
     def summary(self) -> Dict[str, Any]:
         robust = [e["test_robust_acc"] for e in self.epochs if e["test_robust_acc"] is not None]
-        return {"out": self.out, "epochs": self.epochs, "final": self.epochs[-1],
-                "best_robust_acc": max(robust, default=None)}
+        return {
+            "out": self.out,
+            "epochs": self.epochs,
+            "final": self.epochs[-1],
+            "best_robust_acc": max(robust, default=None),
+        }
 
 
 def check_resume_settings(config: TrainConfig, saved: TrainConfig) -> None:
     def show(value) -> str:
         return f"{value:.6g}" if isinstance(value, float) else str(value)
 
-    changed = [f"--{name.replace('_', '-')} {show(getattr(saved, name))} -> {show(getattr(config, name))}"
-               for name in sorted(config.to_dict()) if name not in RESUME_MAY_CHANGE
-               and getattr(saved, name) != getattr(config, name)]
+    changed = [
+        f"--{name.replace('_', '-')} {show(getattr(saved, name))} -> {show(getattr(config, name))}"
+        for name in sorted(config.to_dict())
+        if name not in RESUME_MAY_CHANGE and getattr(saved, name) != getattr(config, name)
+    ]
     if changed:
-        raise UsageError(f"--resume with settings that differ from the run in {config.out}: {', '.join(changed)}",
-                         f"pass the run's settings (its {CONFIG_FILE}), or train into a new --out")
+        raise UsageError(
+            f"--resume with settings that differ from the run in {config.out}: {', '.join(changed)}",
+            f"pass the run's settings (its {CONFIG_FILE}), or train into a new --out",
+        )
 
 
 def check_resume(config: TrainConfig) -> None:
@@ -55,8 +78,10 @@ def check_resume(config: TrainConfig) -> None:
     if (out / CONFIG_FILE).is_file():
         check_resume_settings(config, TrainConfig.load(out / CONFIG_FILE))
     if state.get("epoch", 0) >= config.epochs:
-        raise UsageError(f"the run in {out} already has {state['epoch']} of --epochs {config.epochs}",
-                         "raise --epochs to train it further")
+        raise UsageError(
+            f"the run in {out} already has {state['epoch']} of --epochs {config.epochs}",
+            "raise --epochs to train it further",
+        )
 
 
 def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
@@ -66,8 +91,10 @@ def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
     if config.resume:
         check_resume(config)
     elif has_run and not overwrite:
-        raise UsageError(f"{out} already holds a run", "pass --resume to continue it, --overwrite to start over, "
-                                                       "or choose another --out")
+        raise UsageError(
+            f"{out} already holds a run",
+            "pass --resume to continue it, --overwrite to start over, or choose another --out",
+        )
     elif overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
@@ -84,8 +111,9 @@ def prepare_training(config: TrainConfig, spec: LaunchSpec, dry_run: bool = Fals
     return argv
 
 
-def run_training(config: TrainConfig, argv: List[str], *, overwrite: bool,
-                 on_event: Callable[[dict], None]) -> TrainOutcome:
+def run_training(
+    config: TrainConfig, argv: List[str], *, overwrite: bool, on_event: Callable[[dict], None]
+) -> TrainOutcome:
     """Write the run folder, run the job to its end, and return what it reported (raises JobFailed on failure)."""
     prepare_out(config, overwrite)
     run_dir = Path(config.out)

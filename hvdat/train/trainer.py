@@ -67,8 +67,13 @@ class Trainer:
     # --- what depends on the world size (elastic jobs change it) -----------------------------------------------------
     def make_sampler(self):
         return torch.utils.data.distributed.DistributedSampler(
-            self.inputs.splits.train, num_replicas=self.world.size, rank=self.world.rank, shuffle=True,
-            seed=self.cfg.seed, drop_last=False)
+            self.inputs.splits.train,
+            num_replicas=self.world.size,
+            rank=self.world.rank,
+            shuffle=True,
+            seed=self.cfg.seed,
+            drop_last=False,
+        )
 
     @property
     def global_batch(self) -> int:
@@ -90,18 +95,27 @@ class Trainer:
     def epoch_indices(self, epoch: int) -> List[int]:
         """This rank's sample indices for the rest of the epoch (after the batches already trained)."""
         self.sampler.set_epoch(epoch)
-        return list(self.sampler)[self.position.batch * self.inputs.labeled_batch:]
+        return list(self.sampler)[self.position.batch * self.inputs.labeled_batch :]
 
     # --- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
         splits, cfg = self.inputs.splits, self.cfg
-        return {**self.learner.state_dict(), **self.position.state_dict(),
-                "world_size": self.world.size, "labeled_batch": self.inputs.labeled_batch,
-                "arch": cfg.arch, "dataset": cfg.dataset, "num_classes": splits.num_classes,
-                "shape": list(splits.shape), "config": cfg.to_dict(), "hvdat_version": __version__,
-                "compression_ranks": self.compression_ranks, "rank_buffers": self.rank_buffers,
-                "attack": self.attack.state_dict(),
-                "co_guard": self.guard.state_dict() if self.guard is not None else None}
+        return {
+            **self.learner.state_dict(),
+            **self.position.state_dict(),
+            "world_size": self.world.size,
+            "labeled_batch": self.inputs.labeled_batch,
+            "arch": cfg.arch,
+            "dataset": cfg.dataset,
+            "num_classes": splits.num_classes,
+            "shape": list(splits.shape),
+            "config": cfg.to_dict(),
+            "hvdat_version": __version__,
+            "compression_ranks": self.compression_ranks,
+            "rank_buffers": self.rank_buffers,
+            "attack": self.attack.state_dict(),
+            "co_guard": self.guard.state_dict() if self.guard is not None else None,
+        }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         world = self.world
@@ -122,8 +136,9 @@ class Trainer:
         """Collective (every rank calls it): collect each rank's compressor state (EF residuals) for the
         checkpoint, which rank 0 alone writes."""
         if self.learner.has_rank_state:
-            self.compression_ranks = self.world.allgather_object(self.learner.compressor.state_dict(),
-                                                                 name="compression_state")
+            self.compression_ranks = self.world.allgather_object(
+                self.learner.compressor.state_dict(), name="compression_state"
+            )
 
     def save(self, improved: bool) -> None:
         state = self.state_dict()
@@ -132,16 +147,27 @@ class Trainer:
             checkpoint.save_atomic(state, self.out / checkpoint.BEST)
 
     # --- steps --------------------------------------------------------------------------------------------------
-    def train_step(self, x: torch.Tensor, y: torch.Tensor, attack_gen: torch.Generator,
-                   position: float) -> Tuple[float, int]:
+    def train_step(
+        self, x: torch.Tensor, y: torch.Tensor, attack_gen: torch.Generator, position: float
+    ) -> Tuple[float, int]:
         """One optimiser step on an adversarial batch at schedule `position`; returns (summed loss, correct
         predictions)."""
         cfg, learner = self.cfg, self.learner
-        learner.set_lr(lr_at(position, self.steps_per_epoch, cfg.epochs, self.peak_lr, cfg.schedule,
-                             cfg.warmup_epochs, cfg.milestones))
+        learner.set_lr(
+            lr_at(
+                position,
+                self.steps_per_epoch,
+                cfg.epochs,
+                self.peak_lr,
+                cfg.schedule,
+                cfg.warmup_epochs,
+                cfg.milestones,
+            )
+        )
         with learner.autocast():
-            loss, logits = self.attack.spec.objective(learner.forward_model, x, y, self.attack.params, attack_gen,
-                                                      self.attack_mode)
+            loss, logits = self.attack.spec.objective(
+                learner.forward_model, x, y, self.attack.params, attack_gen, self.attack_mode
+            )
         learner.step(loss)
         self.position.step += 1
         return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
@@ -178,9 +204,16 @@ class Trainer:
             now = time.perf_counter()
             if world.rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == self.steps_per_epoch):
                 last_report = now
-                events.emit("batch", epoch=epoch, batch=i + 1, batches=self.steps_per_epoch, loss=loss_sum / seen,
-                            acc=correct / seen, images_per_sec=(seen - carried) * world.size / (now - epoch_start),
-                            bytes_sent_per_step=self.learner.bytes_sent_per_step())
+                events.emit(
+                    "batch",
+                    epoch=epoch,
+                    batch=i + 1,
+                    batches=self.steps_per_epoch,
+                    loss=loss_sum / seen,
+                    acc=correct / seen,
+                    images_per_sec=(seen - carried) * world.size / (now - epoch_start),
+                    bytes_sent_per_step=self.learner.bytes_sent_per_step(),
+                )
         train_seconds = time.perf_counter() - epoch_start
         self.sync_buffers()
         loss_sum, correct, seen = world.allreduce_sum([loss_sum, correct, seen])
@@ -188,11 +221,17 @@ class Trainer:
         position.batch, position.partial = 0, [0.0, 0.0, 0.0]
         metrics.update(self.evaluate())
         bytes_sent = self.learner.bytes_sent_per_step()
-        metrics.update(images_per_sec=(seen - carried) / train_seconds,
-                       lr=self.learner.optimizer.param_groups[0]["lr"], seconds=time.perf_counter() - epoch_start,
-                       train_seconds=train_seconds, world_size=world.size, global_batch=self.global_batch,
-                       step=position.step, bytes_sent_per_step=bytes_sent,
-                       compression_ratio=self.learner.fp32_bytes_per_step / bytes_sent)
+        metrics.update(
+            images_per_sec=(seen - carried) / train_seconds,
+            lr=self.learner.optimizer.param_groups[0]["lr"],
+            seconds=time.perf_counter() - epoch_start,
+            train_seconds=train_seconds,
+            world_size=world.size,
+            global_batch=self.global_batch,
+            step=position.step,
+            bytes_sent_per_step=bytes_sent,
+            compression_ratio=self.learner.fp32_bytes_per_step / bytes_sent,
+        )
         position.epoch = epoch + 1
         return metrics
 
@@ -209,13 +248,18 @@ class Trainer:
 
         correct, total = clean_correct(model, shard(len(test)))
         generator = torch.Generator(world.device).manual_seed(seed_for(cfg.seed, world.rank, 1_000_003))
-        robust_correct, robust_total = pgd_correct(model, shard(robust_n), eps=cfg.eps, steps=cfg.eval_steps,
-                                                   norm=cfg.norm, generator=generator)
+        robust_correct, robust_total = pgd_correct(
+            model, shard(robust_n), eps=cfg.eps, steps=cfg.eval_steps, norm=cfg.norm, generator=generator
+        )
         correct, total, robust_correct, robust_total = world.allreduce_sum(
-            [correct, total, robust_correct, robust_total])
-        return {"test_clean_acc": correct / max(total, 1),
-                "test_robust_acc": robust_correct / robust_total if robust_total else None,  # JSON null, not NaN
-                "test_clean_examples": int(total), "test_robust_examples": int(robust_total)}
+            [correct, total, robust_correct, robust_total]
+        )
+        return {
+            "test_clean_acc": correct / max(total, 1),
+            "test_robust_acc": robust_correct / robust_total if robust_total else None,  # JSON null, not NaN
+            "test_clean_examples": int(total),
+            "test_robust_examples": int(robust_total),
+        }
 
     def record(self, metrics: Dict[str, Any]) -> None:
         """Rank 0: checkpoint, append the metrics line, tell the launcher (every rank calls it)."""
@@ -240,8 +284,14 @@ class Trainer:
         if self.world.rank != 0:
             return
         self.save(improved=False)
-        events.emit("stopped", epoch=epoch, batch=self.position.batch, batches=self.steps_per_epoch,
-                    step=self.position.step, checkpoint=str(self.out / checkpoint.LAST))
+        events.emit(
+            "stopped",
+            epoch=epoch,
+            batch=self.position.batch,
+            batches=self.steps_per_epoch,
+            step=self.position.step,
+            checkpoint=str(self.out / checkpoint.LAST),
+        )
 
     def after_epoch(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
         """The collapse guard's check (collective), which may roll the trainer back to the last good epoch."""

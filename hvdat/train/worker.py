@@ -21,10 +21,17 @@ def emit_start(trainer: Trainer, **extra) -> None:
     """Rank 0 tells the launcher what the run looks like."""
     if trainer.world.rank == 0:
         trainer.out.mkdir(parents=True, exist_ok=True)
-        events.emit("start", epochs=trainer.cfg.epochs, start_epoch=trainer.position.epoch,
-                    steps_per_epoch=trainer.steps_per_epoch, world_size=trainer.world.size,
-                    global_batch=trainer.global_batch, peak_lr=trainer.peak_lr, params=trainer.attack.params.__dict__,
-                    **extra)
+        events.emit(
+            "start",
+            epochs=trainer.cfg.epochs,
+            start_epoch=trainer.position.epoch,
+            steps_per_epoch=trainer.steps_per_epoch,
+            world_size=trainer.world.size,
+            global_batch=trainer.global_batch,
+            peak_lr=trainer.peak_lr,
+            params=trainer.attack.params.__dict__,
+            **extra,
+        )
 
 
 def train(cfg: TrainConfig) -> None:
