@@ -21,10 +21,11 @@ import common
 
 def unlabeled_folder(data_dir: Path, labeled: int, unlabeled: int, target: Path) -> int:
     """Link U training files that hvdat's `--train-samples labeled` subset leaves out into target (no labels)."""
-    from hvdat.data import _folder_files, _take
+    from hvdat.data.folders import folder_files
+    from hvdat.data.in_memory import take
 
-    files, _ = _folder_files(data_dir / "train")
-    kept = _take(labeled, len(files), 1)
+    files, _ = folder_files(data_dir / "train")
+    kept = take(labeled, len(files), 1)
     kept_set = set(kept.tolist()) if kept is not None else set(range(len(files)))
     rest = [path for i, (path, _) in enumerate(files) if i not in kept_set][:unlabeled]
     target.mkdir(parents=True, exist_ok=True)
@@ -153,10 +154,11 @@ def pseudo_label_accuracy(data_dir: Path, labeled: int, extra: Path) -> float:
     """How many pseudo-labels match the true labels the bench hid (the links are in the same order)."""
     import numpy as np
 
-    from hvdat.data import _folder_files, _take
+    from hvdat.data.folders import folder_files
+    from hvdat.data.in_memory import take
 
-    files, _ = _folder_files(data_dir / "train")
-    kept = _take(labeled, len(files), 1)
+    files, _ = folder_files(data_dir / "train")
+    kept = take(labeled, len(files), 1)
     kept_set = set(kept.tolist()) if kept is not None else set(range(len(files)))
     truth = [label for i, (_, label) in enumerate(files) if i not in kept_set]
     with np.load(extra) as blob:

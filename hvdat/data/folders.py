@@ -33,7 +33,7 @@ def _split_dir(root: Path, names: Sequence[str]) -> Optional[Path]:
     return None
 
 
-def _folder_files(folder: Path) -> Tuple[List[Tuple[str, int]], List[str]]:
+def folder_files(folder: Path) -> Tuple[List[Tuple[str, int]], List[str]]:
     from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
     classes = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
@@ -111,7 +111,7 @@ def image_folder(root: str, train_samples: int, test_samples: int, test_names=("
         )
     splits = []
     for folder, n, seed in ((train_dir, train_samples, 1), (test_dir, test_samples, 2)):
-        files, classes = _folder_files(folder)
+        files, classes = folder_files(folder)
         index = take(n, len(files), seed)
         if index is not None:
             files = [files[i] for i in index.tolist()]
