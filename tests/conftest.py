@@ -60,3 +60,16 @@ def trained_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained") / "run"
     run_hvdat("train", *QUICK, "--epochs", "1", "--batch-size", "64", "--out", out, check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """ONE 3-host test cluster (tests/cluster.py) for the whole session, always taken down at its end: network
+    namespaces PREFIX1..3 on 198.18.0.0/24, each with its own key-only sshd. The prefix carries the pid, so two test
+    sessions (or a `bin/test-cluster up` cluster) never share a host."""
+    if os.geteuid() != 0:
+        pytest.skip("multi-host tests need root: the test cluster creates network namespaces and runs sshd")
+    from cluster import Cluster
+
+    with Cluster(n=3, prefix=f"t{os.getpid()}-hv") as up:
+        yield up
