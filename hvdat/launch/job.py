@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -17,6 +18,12 @@ from ..errors import JobFailed, UsageError
 
 TAIL_LINES = 12
 EventHandler = Callable[[dict], None]
+# What ssh prints when a worker cannot be started on a host (horovodrun's check, Gloo's task launch, mpirun's orted).
+SSH_FAILURES = (
+    re.compile(r"ssh: connect to host (?P<host>[^\s:]+) port \d+: (?P<why>.+)"),
+    re.compile(r"ssh: Could not resolve hostname (?P<host>[^\s:]+): (?P<why>.+)"),
+    re.compile(r"(?:[^\s@]+@)?(?P<host>[^\s@:]+): (?P<why>Permission denied \([^)]*\))"),
+)
 
 
 @dataclass
@@ -25,6 +32,16 @@ class JobResult:
     failed_ranks: Dict[int, str] = field(default_factory=dict)  # rank -> error message
     usage_ranks: Set[int] = field(default_factory=set)  # ranks whose error was the user's (a UsageError)
     tails: Dict[Optional[int], List[str]] = field(default_factory=dict)  # rank (None: horovodrun) -> last lines
+    unreachable: Dict[str, str] = field(default_factory=dict)  # host -> what ssh said when no worker started there
+
+
+def ssh_failure(text: str) -> Optional[Tuple[str, str]]:
+    """(host, reason) when a line of the job's output says that ssh could not reach a host."""
+    for pattern in SSH_FAILURES:
+        match = pattern.search(text)
+        if match:
+            return match.group("host"), match.group("why").strip().rstrip(".")
+    return None
 
 
 def run_job(
@@ -39,8 +56,7 @@ def run_job(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
-    failed: Dict[int, str] = {}
-    usage: Set[int] = set()
+    result = JobResult(0)
     with open(log_path, "a") as log:
         proc = subprocess.Popen(
             list(argv),
@@ -53,7 +69,7 @@ def run_job(
             start_new_session=True,
             errors="replace",
         )
-        reader = threading.Thread(target=_pump, args=(proc, log, tails, failed, usage, on_event, echo), daemon=True)
+        reader = threading.Thread(target=_pump, args=(proc, log, tails, result, on_event, echo), daemon=True)
         reader.start()
         interrupts = 0
         previous = _sigterm_as_interrupt()
@@ -67,7 +83,9 @@ def run_job(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         reader.join(timeout=10)
-    return JobResult(proc.returncode, failed, usage, {rank: list(lines) for rank, lines in tails.items()})
+    result.returncode = proc.returncode
+    result.tails = {rank: list(lines) for rank, lines in tails.items()}
+    return result
 
 
 def run_collecting(
@@ -88,7 +106,7 @@ def run_collecting(
     return run_job(argv, log_path, collect, env), found
 
 
-def _pump(proc, log, tails, failed, usage, on_event, echo) -> None:
+def _pump(proc, log, tails, result: JobResult, on_event, echo) -> None:
     for line in proc.stdout:
         log.write(line)
         log.flush()
@@ -96,13 +114,16 @@ def _pump(proc, log, tails, failed, usage, on_event, echo) -> None:
         event = events.parse(text)
         if event is None:
             tails[rank].append(text)
+            unreachable = ssh_failure(text)
+            if unreachable is not None:
+                result.unreachable.setdefault(*unreachable)
             if echo is not None:
                 echo(line.rstrip("\n"))
             continue
         if event.get("event") == "error":
-            failed[int(event.get("rank", rank or 0))] = event.get("message", "")
+            result.failed_ranks[int(event.get("rank", rank or 0))] = event.get("message", "")
             if event.get("usage"):
-                usage.add(int(event.get("rank", rank or 0)))
+                result.usage_ranks.add(int(event.get("rank", rank or 0)))
         on_event(event)
 
 
@@ -123,9 +144,18 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 
 def raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
-    """Turn a non-zero exit into one clear error naming the failing rank, with that rank's last lines."""
+    """Turn a non-zero exit into one clear error: the hosts where no worker could start (one line), or the failing
+    rank with its last lines."""
     if result.returncode == 0:
         return
+    if result.unreachable:
+        hosts = ", ".join(f"{host} ({why})" for host, why in result.unreachable.items())
+        raise JobFailed(
+            f"{what} could not start a worker on host {hosts}",
+            exit_code=result.returncode or 1,
+            hint="check that sshd runs there and accepts your key and port (`hvdat doctor -H HOSTS --ssh-port P "
+            f"--ssh-identity-file KEY` checks every host); full log: {log_path}",
+        )
     if result.failed_ranks:
         rank, message = sorted(result.failed_ranks.items())[0]
         if rank in result.usage_ranks:  # the user's mistake, found by a worker: one line, exit 2
