@@ -32,7 +32,9 @@ class _PackedExchange:
         _DistributedOptimizer.__init__(self, params, named_parameters, compression)
         self.bytes_sent_per_step = 0  # payload bytes this worker handed to Horovod in the last step
         self._sends_updates = getattr(compression, "sends_updates", False)
-        self._group_of = {p: group for group in self.param_groups for p in group["params"]}
+        # by index: optimizer.load_state_dict (a resume, a collapse-guard rollback, an elastic restore) replaces the
+        # param-group dicts, and the update must read the LR the schedule sets on the current ones
+        self._group_index = {p: i for i, group in enumerate(self.param_groups) for p in group["params"]}
         self._bytes_this_step = 0
         if size() == 1:  # no hooks: let synchronize() treat every parameter as missing and exchange it there
             self._requires_update = {p for group in self.param_groups for p in group["params"] if p.requires_grad}
@@ -42,13 +44,21 @@ class _PackedExchange:
             p.grad = p.data.new(p.size()).zero_()
         name = self._parameter_names.get(p)
         tensor = (
-            local_sgd_update(p, self._group_of[p], self._compression.momentum, name) if self._sends_updates else p.grad
+            local_sgd_update(p, self.param_groups[self._group_index[p]], self._compression.momentum, name)
+            if self._sends_updates
+            else p.grad
         )
         payload, ctx = self._compression.compress(tensor, name=name)
         self._bytes_this_step += payload.numel() * payload.element_size()
         return allgather_async(payload, name=f"hvdat.packed.{name}", process_set=self.process_set), ctx
 
     def synchronize(self):
+        # Parameters whose hook did not fire (every one with --np 1) are exchanged here, in a fixed order: Horovod
+        # iterates a set, and a stateful codec (natural's RNG) would then draw in an order that varies per process.
+        if self.process_set.included():
+            started = set(self._handles)
+            for p in sorted(self._requires_update - started, key=lambda q: self._parameter_names.get(q) or ""):
+                self._handles[p] = self._allreduce_grad_async(p)
         _DistributedOptimizer.synchronize(self)
         self.bytes_sent_per_step, self._bytes_this_step = self._bytes_this_step, 0
 
