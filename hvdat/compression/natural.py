@@ -27,7 +27,7 @@ neighbouring power of two.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -70,6 +70,20 @@ class NaturalCompressor:
 
     def __init__(self, seed: Optional[int] = None):
         self.rng = np.random.default_rng(seed)
+
+    # --- checkpoints: the generator's position, per rank, so a resumed run draws the bits an uninterrupted one does
+    def state_dict(self) -> Dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state.get("rng"):
+            self.rng.bit_generator.state = state["rng"]
+
+    def load_rank_states(self, states: List[Dict[str, Any]], rank: int, size: int) -> None:
+        """Same world size: each rank continues its own stream. Otherwise the ranks' streams cannot be mapped onto
+        the new ones, so each keeps the stream seeded for its new rank (still independent, still unbiased)."""
+        if len(states) == size:
+            self.load_state_dict(states[rank])
 
     @staticmethod
     def wire_bytes(numel: int) -> int:
