@@ -93,3 +93,10 @@ def test_ef_sign_residuals_stay_on_their_rank_in_the_elastic_state():
     for result in results:
         assert result["moved"] and result["restored"] and result["kept_own"] and result["ranks_differ"], result
         assert result["joined_takes_rank0"], result
+
+
+def test_ef_sign_follows_the_lr_set_after_the_optimizer_state_is_loaded():
+    """A resume, a collapse-guard rollback and an elastic restore all load the optimizer's state, which replaces its
+    param-group dicts; ef-sign's update must read the LR the schedule then sets, as if nothing had been loaded."""
+    results = horovod_job(2, script="hvd_lr_after_load_job.py")
+    assert len(results) == 2 and all(result["same_after_load"] for result in results), results
