@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -14,6 +15,7 @@ from conftest import assert_one_line_error, run_hvdat
 HOROVODRUN = Path(sys.executable).parent / "horovodrun"
 
 
+@functools.cache  # 10+ s; tests/test_multihost_doctor.py compares the hosts with it too
 def _check_build() -> str:
     return subprocess.run([str(HOROVODRUN), "--check-build"], capture_output=True, text=True, check=True).stdout
 
@@ -70,8 +72,12 @@ def test_doctor_checks_hosts_and_slots():
     assert too_many.returncode == 1 and "FAIL --np 3: only 2 slots" in too_many.stdout
     remote = run_hvdat("doctor", "--json", "-H", "no-such-host.invalid:4", "--ssh-port", "12345")
     assert remote.returncode == 1
-    verdicts = {v["setup"]: v for v in json.loads(remote.stdout)["verdicts"]}
-    assert not verdicts["ssh"]["ok"] and "no-such-host.invalid" in verdicts["ssh"]["reason"]
+    report = json.loads(remote.stdout)
+    verdicts = {v["setup"]: v for v in report["verdicts"]}
+    host = verdicts["host no-such-host.invalid"]
+    assert not host["ok"] and host["hosts"] == ["no-such-host.invalid"]
+    assert host["reason"].startswith("ssh to no-such-host.invalid fails: Could not resolve hostname")
+    assert not verdicts["--launcher gloo"]["ok"] and report["hosts"][0]["facts"] is None
 
 
 @pytest.mark.parametrize(

@@ -1,39 +1,53 @@
-"""`hvdat doctor`: what this machine (and the hosts of a job) can run, and why not.
+"""`hvdat doctor`: what this machine (and every host of a job) can run, and why not.
 
-Gathers facts (Horovod build, MPI, NCCL, GPUs, torch/CUDA, /dev/shm, ssh reachability) and turns them into one
-verdict per requested setup, each with the command that fixes it. Runs nothing on the cluster but `ssh host true`.
+Gathers facts (Horovod build, MPI, NCCL, GPUs, torch/CUDA, /dev/shm) on this machine, and the same facts on every
+remote host of `-H`/`--hostfile`: one ssh session per host, all in parallel, each bounded by `PROBE_TIMEOUT_S`, runs
+the interpreter doctor runs on (the one horovodrun starts the workers with there) on `host_facts.py`'s source. Then
+one verdict per remote host (ssh, its Python, hvdat and Horovod) and per requested setup, each failing one with the
+command that fixes it. Rendering is `render` (the CLI's edge); everything before it is JSON-serialisable data.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import json
 import logging
+import os
+import re
+import shlex
 import shutil
 import socket
 import subprocess
+import sys
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from typing_extensions import Annotated
 
 from .. import launch
 from ..errors import UsageError
 from ..launch import LaunchSpec
-from ..launch.argv import find_horovodrun
+from ..launch.job import ssh_failure
 from ..launch.spec import LAUNCHERS
 from ..options import CLUSTER
+from . import host_facts
 from .app import app, out
 from .options import Json, with_options
 
 log = logging.getLogger("hvdat.doctor")
 SHM_MIN_BYTES = 1 << 30  # NCCL and DataLoader workers want more than Docker's 64 MB default
-SSH_TIMEOUT_S = 5
+SSH_TIMEOUT_S = 5  # ssh's ConnectTimeout
+PROBE_TIMEOUT_S = 60  # one remote host, all told: connect, then its Python imports torch and Horovod
 FIX_MPI_BUILD = "rerun bin/install after apt-get install libopenmpi-dev openmpi-bin"
 FIX_MPIRUN = "apt-get install openmpi-bin, or put the directory holding mpirun on PATH"
+FIX_IMAGE = "install hvdat there at the same path, or use the image"
+HOST_KEY_FAILED = "Host key verification failed"
 
 
 @dataclass
@@ -41,15 +55,33 @@ class Verdict:
     setup: str
     ok: bool
     reason: str = ""
+    hosts: List[str] = field(default_factory=list)  # the hosts this setup fails on (empty: this machine, or none)
 
 
 @dataclass
 class HostCheck:
+    """One host of the job. `facts` is `host_facts.gather()` from there (this machine's for a local name), None when
+    they could not be read; `problem` says why no worker can start there although ssh works (no Python, hvdat or
+    Horovod); `known_host`: whether ssh with your own host-key policy (as OpenMPI's mpirun runs it, without
+    horovodrun's StrictHostKeyChecking=no) accepts the host's key, None when not known."""
+
     host: str
     slots: int
     local: bool
     reachable: bool
-    detail: str = ""
+    detail: str = ""  # what ssh said ("ssh ok", "Connection refused", ...), or "this machine"
+    fix: str = ""  # for an ssh failure
+    port: Optional[int] = None
+    python: str = ""
+    known_host: Optional[bool] = None
+    known_host_detail: str = ""
+    known_host_fix: str = ""
+    facts: Optional[Dict[str, Any]] = None
+    problem: str = ""
+
+    @property
+    def usable(self) -> bool:
+        return self.reachable and not self.problem and self.facts is not None
 
 
 @dataclass
@@ -71,70 +103,7 @@ class Report:
         return {**asdict(self), "ok": self.ok}
 
 
-def horovod_build() -> Dict[str, Any]:
-    """What `horovodrun --check-build` prints, read from the library itself."""
-    try:
-        import horovod
-        import horovod.torch as hvd
-    except Exception as exc:  # not installed, or built against another torch
-        return {"installed": False, "error": f"{type(exc).__name__}: {exc}"}
-    try:
-        horovodrun: Optional[str] = find_horovodrun()
-    except Exception:
-        horovodrun = None
-    return {
-        "installed": True,
-        "version": horovod.__version__,
-        "horovodrun": horovodrun,
-        "frameworks": {"pytorch": True},
-        "controllers": {"mpi": bool(hvd.mpi_built()), "gloo": bool(hvd.gloo_built())},
-        "tensor_ops": {
-            "nccl": bool(hvd.nccl_built()),
-            "ddl": bool(hvd.ddl_built()),
-            "ccl": bool(hvd.ccl_built()),
-            "mpi": bool(hvd.mpi_built()),
-            "gloo": bool(hvd.gloo_built()),
-        },
-        "cuda_built": bool(hvd.cuda_built()),
-        "nccl_version": int(hvd.nccl_built() or 0),
-    }
-
-
-def mpi_runtime() -> Dict[str, Any]:
-    mpirun = shutil.which("mpirun")
-    version = ""
-    if mpirun:
-        try:
-            out = subprocess.run([mpirun, "--version"], capture_output=True, text=True, timeout=10)
-            version = (out.stdout or out.stderr).strip().splitlines()[0] if (out.stdout or out.stderr).strip() else ""
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            version = f"unusable: {exc}"
-    return {"mpirun": mpirun, "version": version}
-
-
-def torch_info() -> Dict[str, Any]:
-    import torch
-
-    cuda = torch.cuda.is_available()
-    nccl = ".".join(map(str, torch.cuda.nccl.version())) if cuda else None
-    return {"version": torch.__version__, "cuda": torch.version.cuda, "cuda_available": cuda, "nccl": nccl}
-
-
-def gpus() -> List[str]:
-    import torch
-
-    if not torch.cuda.is_available():
-        return []
-    return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-
-
-def shm_free() -> Optional[int]:
-    try:
-        return shutil.disk_usage("/dev/shm").free
-    except OSError:
-        return None
-
-
+# --- this machine --------------------------------------------------------------------------------------------------
 def is_local(host: str) -> bool:
     names = {"localhost", socket.gethostname(), socket.getfqdn()}
     if host in names or host.startswith("127."):
@@ -145,69 +114,227 @@ def is_local(host: str) -> bool:
         return False
 
 
-def check_host(host: str, slots: int, ssh_port: Optional[int], ssh_identity_file: Optional[str]) -> HostCheck:
-    """A local name needs no ssh; a remote one must accept a key login without a prompt (as horovodrun needs)."""
-    if is_local(host):
-        return HostCheck(host, slots, local=True, reachable=True, detail="this machine")
-    ssh = shutil.which("ssh")
-    if not ssh:
-        return HostCheck(host, slots, local=False, reachable=False, detail="ssh not found on PATH")
-    argv = [ssh, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}", "-o", "StrictHostKeyChecking=no"]
+# --- a remote host -------------------------------------------------------------------------------------------------
+def ssh_argv(ssh: str, ssh_port: Optional[int], ssh_identity_file: Optional[str], any_host_key: bool) -> List[str]:
+    """ssh that never prompts. By default it keeps your ssh config's host-key policy (what OpenMPI's mpirun gets);
+    `any_host_key` is horovodrun's Gloo ssh (StrictHostKeyChecking=no), minus its writing to known_hosts."""
+    argv = [ssh, "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT_S}"]
+    if any_host_key:
+        argv += ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
     if ssh_port:
         argv += ["-p", str(ssh_port)]
     if ssh_identity_file:
         argv += ["-i", ssh_identity_file]
+    return argv
+
+
+def ssh_said(stderr: str) -> str:
+    """The line of ssh's stderr that says why it failed, without the host and port (the verdict names them)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    for line in lines:
+        found = ssh_failure(line)
+        if found:
+            return f"Could not resolve hostname ({found[1]})" if "Could not resolve hostname" in line else found[1]
+    if any(HOST_KEY_FAILED in line for line in lines):
+        return HOST_KEY_FAILED
+    return lines[-1].rstrip(".") if lines else "ssh failed without a message"
+
+
+def _keyscan(host: str, port: Optional[int]) -> str:
+    return f"ssh-keyscan{f' -p {port}' if port else ''} {host} >> ~/.ssh/known_hosts"
+
+
+def host_key_fix(host: str, port: Optional[int], changed: bool) -> str:
+    name = f"'[{host}]:{port}'" if port and port != 22 else host
+    forget = f"ssh-keygen -R {name} && " if changed else ""
+    return f"{forget}{_keyscan(host, port)} (compare its fingerprint with the host's own key first)"
+
+
+def ssh_fix(why: str, host: str, port: Optional[int], identity: Optional[str]) -> str:
+    if "refused" in why:
+        return f"start sshd on {host}, or pass the --ssh-port its sshd listens on"
+    if "Permission denied" in why:
+        copy = f"ssh-copy-id{f' -p {port}' if port else ''}{f' -i {identity}' if identity else ''} {host}"
+        return f"authorise your public key there ({copy}), or pass --ssh-identity-file with a key it accepts"
+    if "resolve hostname" in why:
+        return f"check the name {host} (DNS or /etc/hosts), or give its address"
+    if "timed out" in why or "No route" in why or "unreachable" in why:
+        return f"check that {host} is up and that port {port or 22} is open to this machine"
+    return f"check that `ssh{f' -p {port}' if port else ''} {host} true` works without a prompt"
+
+
+def _run_ssh(argv: Sequence[str], script: str, timeout: float) -> Optional[subprocess.CompletedProcess]:
     try:
-        proc = subprocess.run(
-            argv + [host, "true"], capture_output=True, text=True, timeout=SSH_TIMEOUT_S + 5, stdin=subprocess.DEVNULL
-        )
+        return subprocess.run(list(argv), input=script, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return HostCheck(host, slots, local=False, reachable=False, detail="ssh timed out")
-    last = (proc.stderr.strip().splitlines() or [""])[-1]
-    return HostCheck(host, slots, local=False, reachable=proc.returncode == 0, detail=last or "ssh ok")
+        return None
+
+
+def check_remote(
+    host: str, slots: int, ssh_port: Optional[int], ssh_identity_file: Optional[str], timeout: float = PROBE_TIMEOUT_S
+) -> HostCheck:
+    """ssh to `host` and run this interpreter there on `host_facts.py`. One session; a second one (with any host
+    key, as horovodrun's Gloo ssh) only when your own host-key policy refused the host's key."""
+    python = sys.executable
+    check = HostCheck(host, slots, local=False, reachable=False, port=ssh_port, python=python)
+    ssh = shutil.which("ssh")
+    if not ssh:
+        check.detail, check.fix = "ssh not found on PATH", "apt-get install openssh-client"
+        return check
+    # horovodrun passes its environment on to the workers: PYTHONPATH decides whether hvdat imports there too
+    env = f"PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])} " if os.environ.get("PYTHONPATH") else ""
+    remote = f"{env}{shlex.quote(python)} -"
+    script = Path(host_facts.__file__).read_text()
+    proc = _run_ssh([*ssh_argv(ssh, ssh_port, ssh_identity_file, False), host, remote], script, timeout)
+    if proc is not None and proc.returncode == 255 and HOST_KEY_FAILED in proc.stderr:
+        changed = "CHANGED" in proc.stderr
+        check.known_host = False
+        check.known_host_detail = f"{HOST_KEY_FAILED}: " + (
+            "its host key changed since it was added to known_hosts" if changed else "its key is not in known_hosts"
+        )
+        check.known_host_fix = host_key_fix(host, ssh_port, changed)
+        proc = _run_ssh([*ssh_argv(ssh, ssh_port, ssh_identity_file, True), host, remote], script, timeout)
+    if proc is None:
+        check.detail = f"timed out after {timeout:.0f} s"
+        check.fix = f"check that {host} is up, and that `ssh {host} {shlex.quote(python)} -V` answers quickly"
+        return check
+    if proc.returncode == 255:
+        check.detail = ssh_said(proc.stderr)
+        check.fix = ssh_fix(check.detail, host, ssh_port, ssh_identity_file)
+        return check
+    check.reachable, check.detail = True, "ssh ok"
+    if check.known_host is None:
+        check.known_host = True
+    last = ([line for line in proc.stderr.splitlines() if line.strip()] or [""])[-1].strip()
+    if proc.returncode == 127:
+        check.problem = f"no {python} on {host}: {FIX_IMAGE}"
+        return check
+    facts = host_facts.parse(proc.stdout)
+    if facts is None:
+        check.problem = f"{python} on {host} failed (exit {proc.returncode}: {last or 'no output'}): {FIX_IMAGE}"
+        return check
+    check.facts = facts
+    if not facts["hvdat"]["importable"]:
+        check.problem = f"hvdat does not import with {python} on {host} ({facts['hvdat']['error']}): {FIX_IMAGE}"
+    elif not facts["horovod"].get("installed"):
+        check.problem = (
+            f"Horovod does not import with {python} on {host} ({facts['horovod'].get('error')}): "
+            "run bin/install there, or use the image"
+        )
+    return check
+
+
+def check_host(
+    host: str, slots: int, ssh_port: Optional[int], ssh_identity_file: Optional[str], timeout: float = PROBE_TIMEOUT_S
+) -> HostCheck:
+    """A local name needs no ssh (its facts are this machine's, filled in by `check_hosts`); a remote one must accept
+    a key login without a prompt, as horovodrun needs, and run this interpreter there."""
+    if is_local(host):
+        return HostCheck(host, slots, local=True, reachable=True, detail="this machine", python=sys.executable)
+    return check_remote(host, slots, ssh_port, ssh_identity_file, timeout)
+
+
+def check_hosts(
+    hosts: Sequence[Tuple[str, int]],
+    ssh_port: Optional[int],
+    ssh_identity_file: Optional[str],
+    local_facts: Callable[[], Dict[str, Any]],
+) -> List[HostCheck]:
+    """Every host of the list in parallel (name lookups too); `local_facts()` runs meanwhile, in this thread."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(32, len(hosts)))) as pool:
+        futures = [pool.submit(check_host, h, s, ssh_port, ssh_identity_file) for h, s in hosts]
+        here = local_facts()
+        checks = [f.result() for f in futures]
+    for check in checks:
+        if check.local:
+            check.facts = here
+    return checks
+
+
+# --- verdicts -------------------------------------------------------------------------------------------------------
+def mpi_name(mpi: Dict[str, Any]) -> str:
+    """`mpirun (Open MPI) 4.1.4` -> `Open MPI 4.1.4`; the path when it printed no version, 'no mpirun' without it."""
+    if not mpi["mpirun"]:
+        return "no mpirun"
+    return re.sub(r"^mpirun \((.+?)\)", r"\1", mpi["version"]) or mpi["mpirun"]
+
+
+def host_summary(facts: Dict[str, Any]) -> str:
+    hv, mpi, torch = facts["horovod"], facts["mpi"], facts["torch"]
+    built = [name for name, on in hv["controllers"].items() if on] + (["nccl"] if hv["tensor_ops"]["nccl"] else [])
+    return (
+        f"Horovod {hv['version']} ({', '.join(built) or 'no controllers'}), "
+        f"{mpi_name(mpi)}, "
+        f"torch {torch.get('version') or 'missing'}, {len(facts['gpus'])} GPU(s)"
+    )
+
+
+def host_verdict(h: HostCheck) -> Verdict:
+    setup = f"host {h.host}"
+    if not h.reachable:
+        port = f" (port {h.port or 22})" if "refused" in h.detail or "timed out" in h.detail else ""
+        return Verdict(setup, False, f"ssh to {h.host} fails: {h.detail}{port}; {h.fix}", [h.host])
+    if h.problem or h.facts is None:
+        return Verdict(setup, False, h.problem, [h.host])
+    return Verdict(setup, True, f"ssh ok, {host_summary(h.facts)}")
+
+
+def launcher_problems(name: str, horovod: Dict[str, Any], mpi: Dict[str, Any], host: Optional[str]) -> List[str]:
+    """Why `--launcher name` cannot run with this Horovod build and MPI; `host`: on a remote host (None: here)."""
+    on, fix_on = (f" on {host}", f"on {host}: ") if host else ("", "")
+    if not horovod.get("installed"):
+        return [f"Horovod does not import{on} ({horovod.get('error')}); {fix_on}run bin/install"]
+    if name == "gloo":
+        return [] if horovod["controllers"]["gloo"] else [f"Horovod{on} built without Gloo; {fix_on}rerun bin/install"]
+    if not horovod["controllers"]["mpi"]:
+        return [f"not available{on}, Horovod built without MPI; {fix_on}{FIX_MPI_BUILD}"]
+    if not mpi["mpirun"]:
+        where = f"the PATH of an ssh login to {host}" if host else "PATH"
+        return [f"not available{on}, mpirun not found on {where}; {fix_on}{FIX_MPIRUN}"]
+    return []
+
+
+def setup_verdict(setup: str, name: str, report: Report, ready: str) -> Verdict:
+    """One launcher (or elastic, on Gloo) judged on this machine and on every host of the job."""
+    problems = launcher_problems(name, report.horovod, report.mpi, None)
+    failing = []
+    for h in report.hosts:
+        if h.local:
+            continue
+        found: List[str] = []
+        if not h.usable:
+            found = [f"cannot run on {h.host} (see host {h.host})"]
+        else:
+            assert h.facts is not None
+            found = launcher_problems(name, h.facts["horovod"], h.facts["mpi"], h.host)
+            if name == "mpi" and h.known_host is False:
+                found.append(
+                    f"not available on {h.host}, mpirun's ssh (unlike horovodrun's) checks host keys and gets "
+                    f"'{h.known_host_detail}'; {h.known_host_fix}"
+                )
+        problems += found
+        failing += [h.host] if found else []
+    if problems:
+        return Verdict(setup, False, " | ".join(problems), failing)
+    return Verdict(setup, True, ready)
 
 
 def verdicts(report: Report, launchers: Sequence[str], np: Optional[int], elastic: bool) -> List[Verdict]:
     hv = report.horovod
-    found: List[Verdict] = []
+    found: List[Verdict] = [host_verdict(h) for h in report.hosts if not h.local]
     if not hv.get("installed"):
         reason = f"Horovod does not import ({hv.get('error')}); run bin/install"
-        return [Verdict(f"--launcher {name}", False, reason) for name in launchers]
+        return found + [Verdict(f"--launcher {name}", False, reason) for name in launchers]
     for name in launchers:
-        setup = f"--launcher {name}"
-        if name == "gloo":
-            ok = hv["controllers"]["gloo"]
-            found.append(Verdict(setup, ok, "ready" if ok else "Horovod built without Gloo; rerun bin/install"))
-        elif not hv["controllers"]["mpi"]:
-            found.append(Verdict(setup, False, f"not available, Horovod built without MPI; {FIX_MPI_BUILD}"))
-        elif not report.mpi["mpirun"]:
-            found.append(Verdict(setup, False, f"not available, mpirun not found on PATH; {FIX_MPIRUN}"))
-        else:
-            found.append(Verdict(setup, True, f"ready ({report.mpi['version']})"))
+        ready = f"ready ({mpi_name(report.mpi)})" if name == "mpi" else "ready"
+        found.append(setup_verdict(f"--launcher {name}", name, report, ready))
     if elastic:
-        ok = hv["controllers"]["gloo"]
-        found.append(
-            Verdict(
-                "elastic (--min-np/--max-np)",
-                ok,
-                "ready (Gloo)" if ok else "elastic training needs Gloo; rerun bin/install",
-            )
-        )
+        verdict = setup_verdict("elastic (--min-np/--max-np)", "gloo", report, "ready (Gloo)")
+        if not verdict.ok:
+            verdict.reason = f"elastic training needs Gloo: {verdict.reason}"
+        found.append(verdict)
     if (np is not None and np > 1 or report.hosts) and not hv.get("horovodrun"):
         found.append(Verdict("horovodrun", False, "not found next to python or on PATH; run bin/install"))
-    if report.hosts:
-        down = [h for h in report.hosts if not h.reachable]
-        found.append(
-            Verdict(
-                "ssh",
-                not down,
-                "all hosts reachable"
-                if not down
-                else "cannot ssh to "
-                + ", ".join(f"{h.host} ({h.detail})" for h in down)
-                + "; copy your key (ssh-copy-id), or pass --ssh-port/--ssh-identity-file",
-            )
-        )
     if np is not None:
         slots = sum(h.slots for h in report.hosts) if report.hosts else None
         if slots is not None and np > slots:
@@ -230,6 +357,18 @@ def warnings_for(report: Report) -> List[str]:
             f"/dev/shm has only {report.shm_free_bytes / 2**20:.0f} MiB free; NCCL and data loaders need "
             "more: docker run --shm-size=8g (or --ipc=host)"
         )
+    for h in report.hosts:
+        if h.local or not h.usable or not hv.get("installed"):
+            continue
+        assert h.facts is not None
+        theirs = {"Horovod": h.facts["horovod"].get("version"), "torch": h.facts["torch"].get("version")}
+        ours = {"Horovod": hv.get("version"), "torch": report.torch.get("version")}
+        for what, version in theirs.items():
+            if version != ours[what]:
+                notes.append(
+                    f"{h.host} has {what} {version}, this machine {ours[what]}: workers must run the same versions; "
+                    "rerun bin/install there, or use the same image everywhere"
+                )
     return notes
 
 
@@ -245,12 +384,23 @@ def diagnose(
     for name in launchers:
         if name not in LAUNCHERS:
             raise UsageError(f"unknown launcher {name!r}", f"choose from: {', '.join(LAUNCHERS)}")
+    slots = launch.slots_of(LaunchSpec(np=np or 1, hosts=hosts, hostfile=hostfile)) if hosts or hostfile else []
+    gathered: Dict[str, Any] = {}
+
+    def here() -> Dict[str, Any]:
+        gathered.update(host_facts.gather())
+        return gathered
+
+    checks = check_hosts(slots, ssh_port, ssh_identity_file, here) if slots else []
+    facts = gathered or here()
     report = Report(
-        horovod=horovod_build(), mpi=mpi_runtime(), torch=torch_info(), gpus=gpus(), shm_free_bytes=shm_free()
+        horovod=facts["horovod"],
+        mpi=facts["mpi"],
+        torch=facts["torch"],
+        gpus=facts["gpus"],
+        shm_free_bytes=facts["shm_free_bytes"],
+        hosts=checks,
     )
-    if hosts or hostfile:
-        spec = LaunchSpec(np=np or 1, hosts=hosts, hostfile=hostfile)
-        report.hosts = [check_host(h, s, ssh_port, ssh_identity_file) for h, s in launch.slots_of(spec)]
     report.verdicts = verdicts(report, launchers, np, elastic)
     report.warnings = warnings_for(report)
     return report
@@ -282,15 +432,51 @@ def render(report: Report, console: Console) -> None:
     table.add_row("GPUs", ", ".join(report.gpus) if report.gpus else "none visible")
     shm = report.shm_free_bytes
     table.add_row("/dev/shm free", f"{shm / 2**30:.1f} GiB" if shm is not None else "no /dev/shm")
-    for h in report.hosts:
-        state = "[green]ok[/]" if h.reachable else "[red]unreachable[/]"
-        table.add_row(f"host {h.host}", f"{h.slots} slot(s), {state}, {h.detail}")
     console.print(table)
+    if report.hosts:
+        console.print(hosts_table(report.hosts))
     for note in report.warnings:
-        console.print(f"[yellow]warning:[/] {note}", highlight=False, soft_wrap=True)
+        console.print(f"[yellow]warning:[/] {escape(note)}", highlight=False, soft_wrap=True)
     for v in report.verdicts:
         mark = "[green]ok[/]" if v.ok else "[bold red]FAIL[/]"
-        console.print(f"{mark} {v.setup}: {v.reason}", highlight=False, soft_wrap=True)
+        console.print(f"{mark} {escape(v.setup)}: {escape(v.reason)}", highlight=False, soft_wrap=True)
+
+
+def hosts_table(hosts: Sequence[HostCheck]) -> Table:
+    """One row per host of the job: how ssh went, and what its Python, Horovod, MPI, torch and GPUs are."""
+    table = Table(title="hosts")
+    for column in ("host", "slots", "ssh", "Horovod", "MPI", "torch", "GPUs"):
+        table.add_column(column, overflow="fold")  # never cut a host name or a version short
+    for h in hosts:
+        if not h.reachable:
+            ssh = f"[red]{escape(h.detail)}[/]"
+        elif h.local:
+            ssh = "this machine"
+        elif h.known_host is False:
+            ssh = "[yellow]ok, host key not known[/]"
+        else:
+            ssh = "[green]ok[/]"
+        facts = h.facts
+        if facts is None:
+            rest = [f"[red]{escape(h.problem)}[/]" if h.problem else "-", "-", "-", "-"]
+        else:
+            hv, mpi = facts["horovod"], facts["mpi"]
+            if hv.get("installed"):
+                built = [name for name, on in hv["controllers"].items() if on]
+                built += ["nccl"] if hv["tensor_ops"]["nccl"] else []
+                horovod = f"{hv['version']} ({', '.join(built) or 'no controllers'})"
+            else:
+                horovod = f"[red]{escape(str(hv.get('error')))}[/]"
+            if not facts["hvdat"]["importable"]:
+                horovod += " [red](no hvdat)[/]"
+            rest = [
+                horovod,
+                escape(mpi_name(mpi)),
+                escape(str(facts["torch"].get("version") or facts["torch"].get("error"))),
+                str(len(facts["gpus"])),
+            ]
+        table.add_row(escape(h.host), str(h.slots), ssh, *rest)
+    return table
 
 
 HOST_OPTIONS = ("hosts", "hostfile", "ssh_port", "ssh_identity_file")
@@ -313,7 +499,8 @@ def doctor(
     ] = False,
     as_json: Json = False,
 ) -> None:
-    """Check the Horovod build, MPI, NCCL, GPUs and hosts; exit 1 when a requested setup cannot run."""
+    """Check the Horovod build, MPI, NCCL, GPUs, and every host of -H/--hostfile over ssh (its Horovod, MPI, torch and
+    GPUs); exit 1 when a requested setup cannot run."""
     report = diagnose(
         launcher or ["gloo"], np, spec.hosts, spec.hostfile, spec.ssh_port, spec.ssh_identity_file, elastic
     )
