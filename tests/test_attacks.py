@@ -1,11 +1,13 @@
 """Attack math, with no cluster: budgets, box constraints, step sizes, RNG hygiene, BN behaviour."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from hvdat.attacks import ATTACKS, pgd
-from hvdat.attacks.bn_mode import attack_mode
+from hvdat.attacks.attack_mode import attack_mode
 from hvdat.attacks.objectives import AttackParams
 from hvdat.data import load_splits
 from hvdat.models import build_model
@@ -136,3 +138,54 @@ def test_trades_adversarial_logits_come_from_the_ball(model_and_batch):
     loss, _ = spec.objective(model, x, y, params, torch.Generator().manual_seed(0))
     clean = F.cross_entropy(model(x), y)
     assert loss >= clean - 1e-5  # the KL term is non-negative
+
+
+def _confident_model():
+    """A classifier so sure of class 0 (1 - p ~ 1e-7) that the input gradient of its CE underflows in fp16."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 64), torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    with torch.no_grad():
+        model[3].bias[0] = 18.0
+    return model, torch.rand(8, 1, 4, 4), torch.zeros(8, dtype=torch.long)
+
+
+def test_an_fp16_autocast_attack_moves_confidently_classified_examples(monkeypatch):
+    """--amp fp16 runs the inner attack under fp16 autocast: its loss is scaled, or PGD would stay at its start."""
+    pgd_module = importlib.import_module("hvdat.attacks.pgd")  # the package's `pgd` is the function
+
+    model, x, y = _confident_model()
+
+    def moved() -> float:
+        with torch.autocast("cpu", dtype=torch.float16):
+            adv = pgd(model, x, y, eps=0.1, alpha=0.1, steps=1, random_start=False)
+        return (adv != x).float().mean().item()
+
+    assert moved() > 0.9
+    monkeypatch.setattr(pgd_module, "FP16_LOSS_SCALE", 1.0)
+    assert moved() == 0.0  # unscaled, every input gradient underflows: the premise of the test
+
+
+def test_a_compiled_attack_computes_no_weight_gradients():
+    """Under --compile the attack's backward is a joint graph; with the weights frozen by the attack mode it has one
+    gradient output (the input's), not one per weight as well."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    backward_outputs = []
+
+    def forward(graph, example_inputs):
+        return make_boxed_func(graph.forward)
+
+    def backward(graph, example_inputs):
+        output = next(node for node in graph.graph.nodes if node.op == "output")
+        backward_outputs.append(sum(arg is not None for arg in output.args[0]))
+        return make_boxed_func(graph.forward)
+
+    splits = load_splits("digits", None, train_samples=64, test_samples=8)
+    model = build_model("small-cnn", splits.num_classes, splits.shape, splits.mean, splits.std)
+    compiled = torch.compile(model, backend=aot_autograd(fw_compiler=forward, bw_compiler=backward))
+    x, y = splits.train.images[:16].float() / 255, splits.train.labels[:16]
+    with attack_mode(model, "train")():
+        pgd(compiled, x, y, eps=0.1, alpha=0.05, steps=2, generator=torch.Generator().manual_seed(0))
+    assert backward_outputs == [1]  # compiled once, for the input's gradient only
+    torch._dynamo.reset()

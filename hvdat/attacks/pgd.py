@@ -13,6 +13,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+# 10 more bits below fp16's smallest normal; CE's logit gradients (at most 1) stay far from fp16's overflow
+FP16_LOSS_SCALE = 1024.0
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, y) -> scalar to maximise
 
 
@@ -48,6 +50,16 @@ def project(delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
     return delta * (eps / _per_example_norm(delta)).clamp(max=1.0)
 
 
+def attack_loss_scale(device: torch.device) -> float:
+    """The factor the attack's loss is multiplied by before its input gradient is taken: FP16_LOSS_SCALE under an
+    fp16 autocast on `device` (`--amp fp16`), else 1. Without it the input gradients of confidently classified
+    examples underflow in fp16, sign() gives 0 and PGD stays at its start; the sign step and the L2-normalised step
+    do not depend on the scale."""
+    if torch.is_autocast_enabled(device.type) and torch.get_autocast_dtype(device.type) == torch.float16:
+        return FP16_LOSS_SCALE
+    return 1.0
+
+
 def pgd(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -75,11 +87,14 @@ def pgd(
     else:
         delta = random_init(x, eps, norm, generator) if random_start else torch.zeros_like(x)
     delta = (x + delta).clamp(0, 1) - x
+    scale = attack_loss_scale(x.device)
     for _ in range(steps):
         delta.requires_grad_(True)
         loss = loss_fn(model(x + delta), y)
-        (grad,) = torch.autograd.grad(loss, delta)
+        (grad,) = torch.autograd.grad(loss * scale if scale != 1 else loss, delta)
         with torch.no_grad():
+            if scale != 1:  # an fp16 overflow moves nothing rather than making delta NaN
+                grad = torch.where(torch.isfinite(grad), grad, torch.zeros_like(grad))
             if norm == "linf":
                 step = alpha * grad.sign()
             else:

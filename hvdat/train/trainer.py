@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__, events
 from ..attacks.accuracy import clean_correct, pgd_correct
-from ..attacks.bn_mode import attack_mode
+from ..attacks.attack_mode import attack_mode
 from ..data import UInt8Images, batches
 from ..runtime import checkpoint
 from ..runtime.seeds import seed_for
