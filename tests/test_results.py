@@ -218,7 +218,15 @@ def test_fast_path_flags_train_correctly_on_cpu(tmp_path, cifar_dir):
     assert torch.load(tmp_path / "fp16" / "last.pt", weights_only=True)["scaler"]["scale"] > 0
 
 
-BENCHES = {"methods": [], "scaling": [], "compression": [], "co_guard": [], "unlabeled": [], "train_step": []}
+BENCHES = {
+    "methods": [],
+    "scaling": [],
+    "compression": [],
+    "co_guard": [],
+    "unlabeled": [],
+    "train_step": [],
+    "slow_link": [],
+}
 
 
 @pytest.mark.parametrize("bench", sorted(BENCHES))
