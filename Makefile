@@ -28,3 +28,4 @@ bench: install
 	$(PY) experiments/co_guard.py --dataset digits --eps 0.15 --lr 0.1 --epochs 15 --batch-size 64 --n-eval 360 \
 	    --out docs/results/co-digits
 	$(PY) experiments/unlabeled.py
+	$(PY) experiments/slow_link.py
