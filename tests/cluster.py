@@ -143,6 +143,11 @@ class Cluster:
         self._index(host)
         return ["ip", "netns", "exec", host, *[str(a) for a in argv]]
 
+    def pids(self, host: str) -> List[int]:
+        """The processes running on `host` (in its namespace): its sshd, the sessions it serves, what they started."""
+        self._index(host)
+        return [int(p) for p in _run(["ip", "netns", "pids", host], check=False).stdout.split() if p.isdigit()]
+
     def run_on(self, host: str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
         kwargs.setdefault("capture_output", True)
         kwargs.setdefault("text", True)
