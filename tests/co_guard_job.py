@@ -21,10 +21,10 @@ if robust:  # the per-epoch test PGD accuracy, scripted too
 if os.environ.get("HVDAT_TEST_SAVES"):  # every checkpoint's compressor state, in order
     saves, save = [], Trainer.save
 
-    def keep(self, improved):
-        saves.append(copy.deepcopy(self.compression_ranks))
+    def keep(self, improved, with_buffers=False):
+        saves.append([copy.deepcopy(self.rank_state_dict()["compression"])])  # one rank (this job runs on one)
         torch.save(saves, os.environ["HVDAT_TEST_SAVES"])
-        save(self, improved)
+        save(self, improved, with_buffers)
 
     Trainer.save = keep
 sys.exit(worker.main(sys.argv[1:]))

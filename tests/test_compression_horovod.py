@@ -11,6 +11,7 @@ import torch
 from conftest import QUICK, REPO, read_metrics, run_hvdat
 
 from hvdat.compression import COMPRESSORS, wire_bytes
+from hvdat.runtime import checkpoint
 
 HOROVODRUN = os.path.join(os.path.dirname(sys.executable), "horovodrun")
 
@@ -71,7 +72,8 @@ def test_train_ef_sign_on_three_ranks_reports_bytes_and_resumes_its_residuals(tm
     (metrics,) = read_metrics(out)
     state = torch.load(out / "last.pt", weights_only=True)
     numels = [v.numel() for v in state["model"].values() if v.is_floating_point() and v.dim() > 0]
-    residuals = state["compression_ranks"]
+    assert state["rank_shards"] == 3  # each rank's residuals in its own shard, not gathered into last.pt
+    residuals = [shard["compression"] for shard in checkpoint.load_rank_states(out, 3, state["step"])]
     assert len(residuals) == 3 and all(len(r) > 0 for r in residuals)
     assert not torch.equal(next(iter(residuals[0].values())), next(iter(residuals[1].values())))
     params = sum(r.numel() for k, r in residuals[0].items() if ":" not in k)
@@ -80,6 +82,10 @@ def test_train_ef_sign_on_three_ranks_reports_bytes_and_resumes_its_residuals(tm
     assert abs(metrics["compression_ratio"] - 4 * params / metrics["bytes_sent_per_step"]) < 1e-9
     assert metrics["compression_ratio"] > 25
     assert params <= sum(numels)
+    # the checkpoint holds no rank's residuals (3 ranks x residual + momentum would be 6x the model); each shard one's
+    assert (out / "last.pt").stat().st_size < 2 * 4 * sum(numels)
+    for rank in range(3):
+        assert 2 * 4 * params <= checkpoint.rank_state_path(out, rank).stat().st_size < 3 * 4 * sum(numels)
     run_hvdat(*common, "--epochs", "2", "--resume", check=True)
     assert [m["epoch"] for m in read_metrics(out)] == [1, 2]
 

@@ -1,16 +1,23 @@
-"""Checkpoints: written atomically (temp file + rename), read with `torch.load(weights_only=True)`."""
+"""Checkpoints: written atomically (temp file + rename), read with `torch.load(weights_only=True)`.
+
+Rank 0 writes the run's checkpoint (`last.pt`, `best.pt`): what every rank shares. What is a rank's own (a stateful
+compressor's residuals or RNG, BatchNorm statistics mid-epoch) each rank writes beside it, `rank-state/rank-R.pt`,
+so nothing is gathered to every rank and the checkpoint does not grow with the world size. `last.pt` names how many
+shards belong to it (`rank_shards`) and each shard carries the step it was written at.
+"""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 
 from ..errors import UsageError
 
 LAST, BEST = "last.pt", "best.pt"
+RANK_STATE_DIR = "rank-state"
 
 
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
@@ -47,3 +54,35 @@ def load(path: Path, arch: Optional[str] = None) -> Dict[str, Any]:
             f"pass --arch {state['arch']} or start a fresh --out directory",
         )
     return state
+
+
+def rank_state_path(out: Path, rank: int) -> Path:
+    return Path(out) / RANK_STATE_DIR / f"rank-{rank}.pt"
+
+
+def save_rank_state(out: Path, rank: int, state: Dict[str, Any]) -> None:
+    path = rank_state_path(out, rank)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(state, path)
+
+
+def load_rank_state(out: Path, rank: int, step: int) -> Dict[str, Any]:
+    """Rank `rank`'s shard of the checkpoint written at `step` (one clear line when it is missing or stale)."""
+    path = rank_state_path(out, rank)
+    hint = (f"resume on the hosts (and ranks) that wrote {RANK_STATE_DIR}/, or delete {Path(out) / RANK_STATE_DIR} to "
+            "resume without each rank's compressor state (not an exact resume)")  # fmt: skip
+    if not path.is_file():
+        raise UsageError(f"no {path} here for rank {rank}", hint)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"{path} is not loadable ({type(exc).__name__})", hint) from None
+    if state.get("step") != step:
+        raise UsageError(f"{path} is from step {state.get('step')} but {LAST} from step {step} (a kill during the "
+                         "checkpoint?)", hint)  # fmt: skip
+    return state
+
+
+def load_rank_states(out: Path, shards: int, step: int) -> List[Dict[str, Any]]:
+    """Every rank's shard (a resume with another world size needs them all: a shared filesystem, or copies)."""
+    return [load_rank_state(out, rank, step) for rank in range(shards)]

@@ -36,6 +36,10 @@ class World:
         """After an elastic job re-forms its ring: the new rank and size."""
         return World(self.hvd, self.hvd.rank(), self.hvd.size(), self.device)
 
+    def barrier(self) -> None:
+        if self.size > 1:
+            self.hvd.barrier()
+
     def allreduce_sum(self, values: List[float]) -> List[float]:
         tensor = torch.tensor(values, dtype=torch.float64)
         if self.size > 1:

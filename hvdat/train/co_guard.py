@@ -36,10 +36,11 @@ class CollapseGuard:
         self.best = 0.0
         self.rollbacks = 0
         self.snapshot: Optional[Dict[str, Any]] = None  # the trainer's state after the last good epoch
+        self.rank_snapshot: Optional[Dict[str, Any]] = None  # this rank's own part of it (EF residuals)
 
-    def keep(self, state: Dict[str, Any]) -> None:
-        """Remember a good state (a deep copy) to roll back to."""
-        self.snapshot = copy.deepcopy(state)
+    def keep(self, state: Dict[str, Any], rank_state: Dict[str, Any]) -> None:
+        """Remember a good state (deep copies; each rank keeps its own part) to roll back to."""
+        self.snapshot, self.rank_snapshot = copy.deepcopy(state), copy.deepcopy(rank_state)
 
     def check_accuracy(self, trainer: Trainer) -> float:
         """PGD accuracy on the fixed training images (collective: every rank calls it)."""
@@ -76,11 +77,11 @@ class CollapseGuard:
         }
         if not collapsed:
             self.best = max(self.best, accuracy)
-            trainer.gather_compression_state()  # collective: the snapshot holds this epoch's EF residuals
-            self.keep(trainer.state_dict())
+            self.keep(trainer.state_dict(), trainer.rank_state_dict())  # with this epoch's EF residuals
             return record
         rollbacks = self.rollbacks + 1
         trainer.load_state_dict(copy.deepcopy(self.snapshot))  # also restores this guard's state of that time
+        trainer.load_rank_state(copy.deepcopy(self.rank_snapshot))
         self.rollbacks = rollbacks
         trainer.attack = self.fallback(attack)
         record.update(

@@ -4,7 +4,7 @@ fast-path pieces (compiled forward, autocast, GradScaler). One `step(loss)` does
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, List, Optional
+from typing import Any, Callable, ContextManager, Dict, Optional
 
 import torch
 
@@ -93,10 +93,8 @@ class Learner:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
-    def load_state_dict(self, state: Dict[str, Any], compression_ranks: List[Dict], rank: int, size: int) -> None:
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if hasattr(self.compressor, "load_rank_states"):
-            self.compressor.load_rank_states(compression_ranks, rank, size)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

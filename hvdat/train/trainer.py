@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -49,8 +49,6 @@ class Trainer:
         self.attack_mode = attack_mode(self.learner.model, cfg.attack_bn)
         self.position = Position()
         self.guard = CollapseGuard(cfg) if cfg.co_guard else None
-        self.compression_ranks: List[Dict] = []  # every rank's compressor state, gathered for rank 0's checkpoint
-        self.rank_buffers: List[Dict] = []  # each rank's BN statistics, kept only in mid-epoch checkpoints
         if cfg.resume:
             # rank 0 reads the file; every rank gets the same state (no shared filesystem needed)
             state = checkpoint.load(self.out / checkpoint.LAST, arch=cfg.arch) if world.rank == 0 else None
@@ -58,11 +56,12 @@ class Trainer:
                 state = world.broadcast_object(state, name="resume")
             if state is not None:
                 self.load_state_dict(state)
+                self.resume_rank_state(state)
         if self.sync_at_init and not cfg.resume and world.size > 1:  # a resumed state already came from rank 0
             world.hvd.broadcast_parameters(self.learner.model.state_dict(), root_rank=0)
         self.sampler = self.make_sampler()  # after a resume: an elastic sampler starts at the resumed epoch
         if self.guard is not None:
-            self.guard.keep(self.state_dict())  # the start counts as good
+            self.guard.keep(self.state_dict(), self.rank_state_dict())  # the start counts as good
 
     # --- what depends on the world size (elastic jobs change it) -----------------------------------------------------
     def make_sampler(self):
@@ -111,37 +110,66 @@ class Trainer:
             "shape": list(splits.shape),
             "config": cfg.to_dict(),
             "hvdat_version": __version__,
-            "compression_ranks": self.compression_ranks,
-            "rank_buffers": self.rank_buffers,
             "attack": self.attack.state_dict(),
             "co_guard": self.guard.state_dict() if self.guard is not None else None,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """What every rank shares (rank 0's checkpoint); each rank's own comes through load_rank_state."""
         world = self.world
-        self.learner.load_state_dict(state, state.get("compression_ranks", []), world.rank, world.size)
+        self.learner.load_state_dict(state)
         self.position.load_state_dict(state, self.inputs.labeled_batch, world.size)
         if state.get("attack"):
             self.attack = TrainingAttack.from_state(state["attack"])
         if self.guard is not None and state.get("co_guard"):
             self.guard.load_state_dict(state["co_guard"])
-        rank_buffers = state.get("rank_buffers") or []
-        if len(rank_buffers) == world.size:  # mid-epoch: BN statistics are per rank until the epoch's average
-            own = rank_buffers[world.rank]
-            for name, buffer in self.learner.model.named_buffers():
-                if name in own:
-                    buffer.copy_(own[name])
 
-    def gather_compression_state(self) -> None:
-        """Collective (every rank calls it): collect each rank's compressor state (EF residuals) for the
-        checkpoint, which rank 0 alone writes."""
+    def rank_state_dict(self, with_buffers: bool = False) -> Dict[str, Any]:
+        """This rank's own state: its compressor's (EF residuals, RNG) and, mid-epoch, its BN statistics (per rank
+        until the epoch's average)."""
+        own: Dict[str, Any] = {"rank": self.world.rank, "world_size": self.world.size, "step": self.position.step}
         if self.learner.has_rank_state:
-            self.compression_ranks = self.world.allgather_object(
-                self.learner.compressor.state_dict(), name="compression_state"
-            )
+            own["compression"] = self.learner.compressor.state_dict()
+        if with_buffers:
+            own["buffers"] = {
+                name: b.detach().cpu() for name, b in self.learner.model.named_buffers() if b.is_floating_point()
+            }
+        return own
 
-    def save(self, improved: bool) -> None:
-        state = self.state_dict()
+    def load_rank_state(self, own: Optional[Dict[str, Any]], everyone: Sequence[Dict[str, Any]] = ()) -> None:
+        """`own`: this rank's state from a run of this world size, continued as it was. `everyone`: every rank's,
+        from a run of another size: the compressor decides (ef-sign takes the mean of the residuals)."""
+        compressor = self.learner.compressor
+        if own is not None:
+            if own.get("compression") is not None:
+                compressor.load_state_dict(own["compression"])
+            buffers = own.get("buffers") or {}
+            for name, buffer in self.learner.model.named_buffers():
+                if name in buffers:
+                    buffer.copy_(buffers[name])
+            return
+        states = [s["compression"] for s in everyone if s.get("compression") is not None]
+        if states and hasattr(compressor, "load_rank_states"):
+            compressor.load_rank_states(states, self.world.rank, self.world.size)
+
+    def resume_rank_state(self, state: Dict[str, Any]) -> None:
+        """Read this rank's shard of the checkpoint (every shard, if the world size changed)."""
+        shards, step = state.get("rank_shards") or 0, state["step"]
+        if shards == self.world.size:
+            self.load_rank_state(checkpoint.load_rank_state(self.out, self.world.rank, step))
+        elif shards:
+            self.load_rank_state(None, checkpoint.load_rank_states(self.out, shards, step))
+
+    def save(self, improved: bool, with_buffers: bool = False) -> None:
+        """Collective: every rank writes its own shard (when it has one), then rank 0 the checkpoint that names them."""
+        shards = 0
+        if self.learner.has_rank_state or (with_buffers and self.world.size > 1):
+            checkpoint.save_rank_state(self.out, self.world.rank, self.rank_state_dict(with_buffers))
+            shards = self.world.size
+        self.world.barrier()  # every shard is on disk before last.pt names them
+        if self.world.rank != 0:
+            return
+        state = {**self.state_dict(), "rank_shards": shards}
         checkpoint.save_atomic(state, self.out / checkpoint.LAST)
         if improved:
             checkpoint.save_atomic(state, self.out / checkpoint.BEST)
@@ -262,36 +290,27 @@ class Trainer:
         }
 
     def record(self, metrics: Dict[str, Any]) -> None:
-        """Rank 0: checkpoint, append the metrics line, tell the launcher (every rank calls it)."""
-        self.gather_compression_state()
-        if self.world.rank != 0:
-            return
+        """Checkpoint (every rank its own shard), and on rank 0 append the metrics line and tell the launcher (every
+        rank calls it)."""
         # a collapsed epoch's weights were discarded (the guard rolled back): its accuracy cannot choose best.pt
         robust = None if metrics.get("co_guard_collapsed") else metrics["test_robust_acc"]
         improved = robust is not None and robust > self.position.best
         self.position.best = max(self.position.best, robust) if robust is not None else self.position.best
         self.save(improved)
+        if self.world.rank != 0:
+            return
         with open(self.out / METRICS, "a") as handle:
             handle.write(json.dumps(metrics) + "\n")
         events.emit("epoch", **metrics)
 
     def record_stop(self, epoch: int) -> None:
-        """After a graceful stop mid-epoch (every rank calls it): rank 0 checkpoints the position, tells the
-        launcher."""
-        self.gather_compression_state()
-        mine = {name: b.detach().cpu() for name, b in self.learner.model.named_buffers() if b.is_floating_point()}
-        self.rank_buffers = self.world.allgather_object(mine, name="rank_buffers") if self.world.size > 1 else []
+        """After a graceful stop mid-epoch (every rank calls it): checkpoint the position, with each rank's BN
+        statistics; rank 0 tells the launcher."""
+        self.save(improved=False, with_buffers=True)
         if self.world.rank != 0:
             return
-        self.save(improved=False)
-        events.emit(
-            "stopped",
-            epoch=epoch,
-            batch=self.position.batch,
-            batches=self.steps_per_epoch,
-            step=self.position.step,
-            checkpoint=str(self.out / checkpoint.LAST),
-        )
+        events.emit("stopped", epoch=epoch, batch=self.position.batch, batches=self.steps_per_epoch,
+                    step=self.position.step, checkpoint=str(self.out / checkpoint.LAST))  # fmt: skip
 
     def after_epoch(self, metrics: Dict[str, Any]) -> Dict[str, Any]:
         """The collapse guard's check (collective), which may roll the trainer back to the last good epoch."""
