@@ -19,6 +19,7 @@ ATTACK = "Adversarial training"
 OPTIM = "Optimisation"
 OUTPUT = "Output"
 FAST = "GPU fast path"
+HOROVOD = "Horovod tuning"
 
 Parse = Callable[[Any, Dict[str, Any]], Any]  # (command-line value, every command-line value) -> field value
 
@@ -33,6 +34,7 @@ class Option:
     cli_type: Optional[type] = None  # what the command line parses, when it differs from the field (eps: str)
     parse: Optional[Parse] = None  # command-line value -> field value (default: paths become strings)
     cli_default: Any = None  # the field's default as the command line writes it (eps: "8/255"), when it differs
+    envvar: Optional[str] = None  # an environment variable that sets it (a cluster convention: HVDAT_NP, ...)
 
     def help_text(self) -> str:
         return self.help() if callable(self.help) else self.help
@@ -69,3 +71,4 @@ THREADS = Option("Torch threads per worker (0: cores / workers per host).", CLUS
 SEED = Option("Random seed (each rank derives its own).", OUTPUT)
 DATA_DIR = Option("Where the dataset lives (cifar*, imagefolder, imagenet).", DATA)
 NORM = Option("Threat model: linf or l2.", ATTACK)
+TENSORBOARD = Option("Write TensorBoard event files into RUN/tb/.", OUTPUT)

@@ -5,7 +5,7 @@ import sys
 import pytest
 
 from hvdat.errors import UsageError
-from hvdat.launch import LaunchSpec, build_argv
+from hvdat.launch import LaunchSpec, build_argv, build_launch
 from hvdat.launch.spec import parse_hostfile, parse_hosts
 
 WORKER = [sys.executable, "-m", "hvdat.train.worker", "--config", "run/config.json"]
@@ -88,3 +88,114 @@ def test_hosts_default_to_one_slot():
 def test_bad_launch_input_is_a_usage_error(kw, fragment):
     with pytest.raises(UsageError, match=fragment.replace("(", r"\(").replace("$", r"\$")):
         argv(**kw)
+
+
+KNOBS = dict(
+    timeline_filename="t.json",
+    timeline_mark_cycles=True,
+    autotune=True,
+    autotune_log_file="a.csv",
+    fusion_threshold_mb=32,
+    cycle_time_ms=2.5,
+    cache_capacity=0,
+    hierarchical_allreduce=False,
+    hierarchical_allgather=True,
+    start_timeout=60,
+    log_level="INFO",
+    output_filename="out",
+)
+
+
+def test_horovod_knobs_are_horovodrun_flags():
+    """Spelled as `horovodrun --help` has them; horovodrun turns them into its workers' HOROVOD_* variables."""
+    assert (
+        argv(np=2, **KNOBS)
+        == [
+            "horovodrun",
+            "-np",
+            "2",
+            "-H",
+            "localhost:2",
+            "--gloo",
+            "--start-timeout",
+            "60",
+            "--output-filename",
+            "out",
+            "--fusion-threshold-mb",
+            "32",
+            "--cycle-time-ms",
+            "2.5",
+            "--cache-capacity",
+            "0",
+            "--no-hierarchical-allreduce",
+            "--hierarchical-allgather",
+            "--autotune",
+            "--autotune-log-file",
+            "a.csv",
+            "--timeline-filename",
+            "t.json",
+            "--timeline-mark-cycles",
+            "--log-level",
+            "INFO",
+        ]
+        + WORKER
+    )
+    launch = build_launch(LaunchSpec(np=2, **KNOBS), "hvdat.train.worker", "run/config.json", horovodrun="horovodrun")
+    assert launch.env == {} and launch.output_dir is None
+
+
+def test_horovod_knobs_without_horovodrun_are_its_environment_variables():
+    """--np 1 runs the worker directly: it gets what horovod/runner/common/util/config_parser.py would set."""
+    launch = build_launch(LaunchSpec(np=1, **KNOBS), "hvdat.train.worker", "run/config.json")
+    assert launch.argv == WORKER
+    assert launch.env == {
+        "HOROVOD_TIMELINE": "t.json",
+        "HOROVOD_TIMELINE_MARK_CYCLES": "1",
+        "HOROVOD_AUTOTUNE": "1",
+        "HOROVOD_AUTOTUNE_LOG": "a.csv",
+        "HOROVOD_FUSION_THRESHOLD": str(32 * 1024 * 1024),
+        "HOROVOD_CYCLE_TIME": "2.5",
+        "HOROVOD_CACHE_CAPACITY": "0",
+        "HOROVOD_HIERARCHICAL_ALLREDUCE": "0",
+        "HOROVOD_HIERARCHICAL_ALLGATHER": "1",
+        "HOROVOD_LOG_LEVEL": "INFO",
+    }
+    assert launch.output_dir == "out"  # the launcher copies the worker's output to out/rank.0/stdout
+    assert launch.display().startswith("HOROVOD_AUTOTUNE=1 HOROVOD_AUTOTUNE_LOG=a.csv ")
+    assert build_launch(LaunchSpec(np=1), "m", "c").env == {}
+
+
+@pytest.mark.parametrize(
+    "kw,fragment",
+    [
+        ({"fusion_threshold_mb": -1}, "--fusion-threshold-mb must be >= 0, got -1"),
+        ({"cycle_time_ms": -0.5}, "--cycle-time-ms must be >= 0"),
+        ({"cycle_time_ms": float("nan")}, "--cycle-time-ms must be >= 0"),
+        ({"cache_capacity": -2}, "--cache-capacity must be >= 0"),
+        ({"start_timeout": 0}, "--start-timeout must be >= 1"),
+        ({"log_level": "LOUD"}, "unknown --log-level 'LOUD'; choose from: TRACE, DEBUG"),
+        ({"timeline_filename": "/nonexistent/dir/t.json"}, "the folder /nonexistent/dir does not exist"),
+        ({"timeline_filename": "/tmp"}, "is a folder"),
+        ({"timeline_mark_cycles": True}, "--timeline-mark-cycles needs --timeline-filename"),
+        ({"autotune_log_file": "a.csv"}, "--autotune-log-file needs --autotune"),
+        ({"autotune": True, "autotune_log_file": "/nonexistent/a.csv"}, "the folder /nonexistent does not exist"),
+    ],
+)
+def test_bad_horovod_knobs_are_usage_errors(kw, fragment):
+    with pytest.raises(UsageError, match=fragment.replace("(", r"\(")):
+        argv(np=2, **kw)
+
+
+def test_a_timeline_folder_on_a_remote_rank0_host_is_not_checked_here():
+    assert "--timeline-filename" in argv(np=2, hosts="node1:2", timeline_filename="/only/on/node1/t.json")
+
+
+def test_launch_options_read_hvdat_environment_variables(tmp_path):
+    from conftest import run_hvdat
+
+    env = {"HVDAT_NP": "3", "HVDAT_HOSTS": "node1:2,node2:2", "HVDAT_LAUNCHER": "mpi", "COLUMNS": "300"}
+    proc = run_hvdat("train", "--out", tmp_path / "r", "--dry-run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert " -np 3 -H node1:2,node2:2 --mpi " in proc.stdout
+    assert " -np 2 " in run_hvdat("train", "--np", "2", "--out", tmp_path / "r", "--dry-run", env=env).stdout
+    assert "HVDAT_NP" in run_hvdat("train", "--help", env={"COLUMNS": "300"}).stdout

@@ -12,7 +12,7 @@ from typing_extensions import Annotated
 
 from ..attacks.budget import format_eps
 from ..eval.config import EvalConfig
-from ..launch import LaunchSpec, shell_quote
+from ..launch import LaunchSpec
 from ..launch.spec import ELASTIC_OPTIONS
 from .app import app, err, out
 from .options import DryRun, Json, with_options
@@ -29,15 +29,15 @@ def eval_command(
     as_json: Json = False,
 ) -> None:
     """Evaluate robustness with AutoAttack, PGD, CW, FGSM, ... sharded over Horovod ranks."""
-    from ..eval.run import eval_argv, prepare, run_eval
+    from ..eval.run import eval_launch, prepare, run_eval
 
     cfg = prepare(target, request.replace(np=spec.np))
-    argv = eval_argv(cfg, spec)
+    launch = eval_launch(cfg, spec)
     if dry_run:
-        out.print(shell_quote(argv), highlight=False, soft_wrap=True)
+        out.print(launch.display(), highlight=False, soft_wrap=True)
         return
     with EvalProgress(err) as progress:
-        report = run_eval(cfg, argv, progress.handle)
+        report = run_eval(cfg, launch, progress.handle)
     if as_json:
         out.print_json(json.dumps({k: v for k, v in report.items() if k != "examples"}))
         return

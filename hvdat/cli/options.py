@@ -34,7 +34,14 @@ def _typer_option(name: str, declared: Option, field_type: Any, default: Any) ->
     if declared.cli_type is not None and default is None:
         cli_type = Optional[declared.cli_type]
     return Annotated[
-        cli_type, typer.Option(*declared.flags, help=declared.help_text(), rich_help_panel=declared.panel or None)
+        cli_type,
+        typer.Option(
+            *declared.flags,
+            help=declared.help_text(),
+            rich_help_panel=declared.panel or None,
+            envvar=declared.envvar,
+            show_envvar=declared.envvar is not None,
+        ),
     ]
 
 

@@ -7,7 +7,7 @@ import json
 import typer
 from typing_extensions import Annotated
 
-from ..launch import LaunchSpec, shell_quote
+from ..launch import LaunchSpec
 from ..options import OUTPUT
 from ..train.config import TrainConfig
 from .app import app, err, out
@@ -32,12 +32,12 @@ def train(
     from ..train.run import prepare_training, run_training
 
     config = config.replace(np=spec.np)
-    argv = prepare_training(config, spec, dry_run=dry_run)
+    launch = prepare_training(config, spec, dry_run=dry_run)
     if dry_run:
-        out.print(shell_quote(argv), highlight=False, soft_wrap=True)
+        out.print(launch.display(), highlight=False, soft_wrap=True)
         return
     with TrainProgress(err) as progress:
-        outcome = run_training(config, argv, overwrite=overwrite, on_event=progress.handle)
+        outcome = run_training(config, launch, overwrite=overwrite, on_event=progress.handle)
     if outcome.stopped:
         stopped = outcome.stopped
         err.print(

@@ -7,10 +7,10 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 from ..errors import UsageError
-from ..launch import LaunchSpec, build_argv, raise_for_failure, run_collecting, validate
+from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import file_target, make_dir
 from ..runtime import checkpoint
 from .config import EvalConfig
@@ -97,9 +97,9 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
     return cfg.replace(fingerprint=cfg.compute_fingerprint())
 
 
-def eval_argv(cfg: EvalConfig, spec: LaunchSpec) -> List[str]:
+def eval_launch(cfg: EvalConfig, spec: LaunchSpec) -> Launch:
     validate(spec)
-    return build_argv(spec, WORKER, Path(cfg.work_dir) / CONFIG_FILE)
+    return build_launch(spec, WORKER, Path(cfg.work_dir) / CONFIG_FILE)
 
 
 def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) -> Dict[str, Any]:
@@ -154,7 +154,7 @@ def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) 
     }
 
 
-def run_eval(cfg: EvalConfig, argv: List[str], on_event: Callable[[dict], None]) -> Dict[str, Any]:
+def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) -> Dict[str, Any]:
     """Run the evaluation job and write the report (raises JobFailed on failure); returns the report."""
     work = Path(cfg.work_dir)
     file_target(Path(cfg.out))  # before the (long) evaluation, not after it
@@ -163,7 +163,7 @@ def run_eval(cfg: EvalConfig, argv: List[str], on_event: Callable[[dict], None])
     log_path = work / "logs" / "eval.log"
     log_path.unlink(missing_ok=True)
     start = time.perf_counter()
-    result, found = run_collecting(argv, log_path, on_event, ("result",))
+    result, found = run_launch(launch, log_path, on_event, ("result",))
     raise_for_failure(result, "evaluation", log_path)
     results = found["result"]
     if not results:

@@ -1,7 +1,9 @@
-"""Builds the argv that starts a Horovod job. Pure: imports no torch, runs nothing, never builds a shell string.
+"""Builds the command that starts a Horovod job. Pure: imports no torch, runs nothing, never builds a shell string.
 
 `--np 1` on the local machine runs the worker directly (no horovodrun needed); everything else goes through
-`horovodrun` with Gloo or MPI, elastic jobs with `--min-np/--max-np` and a host discovery script.
+`horovodrun` with Gloo or MPI, elastic jobs with `--min-np/--max-np` and a host discovery script. Horovod's knobs
+(`--timeline-filename`, `--autotune`, ...) become horovodrun's flags, or, for a worker run directly, the
+`HOROVOD_*` variables horovodrun would have set (horovod/runner/common/util/config_parser.py).
 """
 
 from __future__ import annotations
@@ -9,11 +11,12 @@ from __future__ import annotations
 import shlex
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from ..errors import UsageError
-from .spec import LaunchSpec, initial_np, is_local_single, slots_of, validate
+from .spec import LaunchSpec, initial_np, is_local_single, rank0_is_here, slots_of, validate
 
 
 def find_horovodrun() -> str:
@@ -37,11 +40,95 @@ def hosts_args(spec: LaunchSpec) -> List[str]:
     return ["-H", ",".join(f"{h}:{s}" for h, s in slots_of(spec))]
 
 
-def build_argv(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional[str] = None) -> List[str]:
-    """The full command, as a list. `module` is the worker module (`hvdat.train.worker`, ...)."""
+@dataclass(frozen=True)
+class Launch:
+    """What the launcher runs: the argv, the environment it adds, and (a worker run directly) the folder that takes
+    its output as horovodrun's --output-filename would."""
+
+    argv: List[str]
+    env: Dict[str, str] = field(default_factory=dict)
+    output_dir: Optional[str] = None
+    timeline: Optional[str] = None  # a Horovod timeline that rank 0 writes on this machine (closed after the job)
+
+    def display(self) -> str:
+        """For --dry-run: a copy-pasteable line, the added environment first."""
+        return shell_quote([f"{key}={value}" for key, value in sorted(self.env.items())] + self.argv)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def tuning_args(spec: LaunchSpec) -> List[str]:
+    """Horovod's knobs as horovodrun's flags (`horovodrun --help`: tuneable parameter, autotune, timeline, logging)."""
+    args: List[str] = []
+    if spec.start_timeout is not None:
+        args += ["--start-timeout", str(spec.start_timeout)]
+    if spec.output_filename:
+        args += ["--output-filename", spec.output_filename]
+    if spec.fusion_threshold_mb is not None:
+        args += ["--fusion-threshold-mb", str(spec.fusion_threshold_mb)]
+    if spec.cycle_time_ms is not None:
+        args += ["--cycle-time-ms", _number(spec.cycle_time_ms)]
+    if spec.cache_capacity is not None:
+        args += ["--cache-capacity", str(spec.cache_capacity)]
+    for value, name in ((spec.hierarchical_allreduce, "allreduce"), (spec.hierarchical_allgather, "allgather")):
+        if value is not None:
+            args.append(f"--{'' if value else 'no-'}hierarchical-{name}")
+    if spec.autotune:
+        args.append("--autotune")
+        if spec.autotune_log_file:
+            args += ["--autotune-log-file", spec.autotune_log_file]
+    if spec.timeline_filename:
+        args += ["--timeline-filename", spec.timeline_filename]
+        if spec.timeline_mark_cycles:
+            args.append("--timeline-mark-cycles")
+    if spec.log_level:
+        args += ["--log-level", spec.log_level.upper()]
+    return args
+
+
+def tuning_env(spec: LaunchSpec) -> Dict[str, str]:
+    """The same knobs as the HOROVOD_* variables horovodrun sets for its workers (config_parser.set_env_from_args),
+    for a worker started without it. --start-timeout has no worker-side variable (no start phase to time)."""
+    env: Dict[str, str] = {}
+    if spec.fusion_threshold_mb is not None:
+        env["HOROVOD_FUSION_THRESHOLD"] = str(spec.fusion_threshold_mb * 1024 * 1024)
+    if spec.cycle_time_ms is not None:
+        env["HOROVOD_CYCLE_TIME"] = _number(spec.cycle_time_ms)
+    if spec.cache_capacity is not None:
+        env["HOROVOD_CACHE_CAPACITY"] = str(spec.cache_capacity)
+    if spec.hierarchical_allreduce is not None:
+        env["HOROVOD_HIERARCHICAL_ALLREDUCE"] = str(int(spec.hierarchical_allreduce))
+    if spec.hierarchical_allgather is not None:
+        env["HOROVOD_HIERARCHICAL_ALLGATHER"] = str(int(spec.hierarchical_allgather))
+    if spec.autotune:
+        env["HOROVOD_AUTOTUNE"] = "1"
+        if spec.autotune_log_file:
+            env["HOROVOD_AUTOTUNE_LOG"] = spec.autotune_log_file
+    if spec.timeline_filename:
+        env["HOROVOD_TIMELINE"] = spec.timeline_filename
+        env["HOROVOD_TIMELINE_MARK_CYCLES"] = str(int(spec.timeline_mark_cycles))
+    if spec.log_level:
+        env["HOROVOD_LOG_LEVEL"] = spec.log_level.upper()
+    return env
+
+
+def build_launch(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional[str] = None) -> Launch:
+    """The full command. `module` is the worker module (`hvdat.train.worker`, ...)."""
     validate(spec)
+    timeline = spec.timeline_filename if rank0_is_here(spec) else None
     if is_local_single(spec):
-        return worker_argv(module, config)
+        return Launch(worker_argv(module, config), tuning_env(spec), spec.output_filename, timeline)
+    return Launch(horovodrun_argv(spec, module, config, horovodrun), timeline=timeline)
+
+
+def build_argv(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional[str] = None) -> List[str]:
+    """The argv alone (a launch without Horovod's knobs needs nothing else)."""
+    return build_launch(spec, module, config, horovodrun).argv
+
+
+def horovodrun_argv(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional[str] = None) -> List[str]:
     argv = [horovodrun or find_horovodrun()]
     if spec.elastic:
         argv += ["-np", str(initial_np(spec)), "--min-np", str(spec.min_np), "--max-np", str(spec.max_np)]
@@ -57,7 +144,7 @@ def build_argv(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional
         argv += ["--network-interfaces", spec.network_interfaces]
     if spec.mpi_args:
         argv += ["--mpi-args", spec.mpi_args]
-    return argv + worker_argv(module, config)
+    return argv + tuning_args(spec) + worker_argv(module, config)
 
 
 def shell_quote(argv: Sequence[str]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import json
 import os
 import re
 import signal
@@ -11,10 +12,11 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import IO, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .. import events
 from ..errors import JobFailed, UsageError
+from .argv import Launch
 
 TAIL_LINES = 12
 EventHandler = Callable[[dict], None]
@@ -50,14 +52,16 @@ def run_job(
     on_event: EventHandler,
     env: Optional[Dict[str, str]] = None,
     echo: Optional[Callable[[str], None]] = None,
+    output_dir: Optional[str] = None,
 ) -> JobResult:
     """Run argv to completion. Ctrl-C (or SIGTERM to us) is forwarded to the whole job as SIGTERM so workers can
-    write a final checkpoint; a second Ctrl-C kills the job."""
+    write a final checkpoint; a second Ctrl-C kills the job. `output_dir` (a worker run without horovodrun) also
+    gets its output, as horovodrun's --output-filename lays it out: DIR/rank.0/stdout (stderr merged into it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
     result = JobResult(0)
-    with open(log_path, "a") as log:
+    with open(log_path, "a") as log, _rank_output(output_dir) as copy:
         proc = subprocess.Popen(
             list(argv),
             stdout=subprocess.PIPE,
@@ -69,7 +73,7 @@ def run_job(
             start_new_session=True,
             errors="replace",
         )
-        reader = threading.Thread(target=_pump, args=(proc, log, tails, result, on_event, echo), daemon=True)
+        reader = threading.Thread(target=_pump, args=(proc, log, tails, result, on_event, echo, copy), daemon=True)
         reader.start()
         interrupts = 0
         previous = _sigterm_as_interrupt()
@@ -88,12 +92,25 @@ def run_job(
     return result
 
 
+@contextlib.contextmanager
+def _rank_output(output_dir: Optional[str]):
+    if not output_dir:
+        yield None
+        return
+    folder = Path(output_dir) / "rank.0"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "stderr").touch()
+    with open(folder / "stdout", "w") as handle:
+        yield handle
+
+
 def run_collecting(
     argv: Sequence[str],
     log_path: Path,
     on_event: EventHandler,
     kinds: Sequence[str],
     env: Optional[Dict[str, str]] = None,
+    output_dir: Optional[str] = None,
 ) -> Tuple[JobResult, Dict[str, List[dict]]]:
     """`run_job`, also keeping the events of the given kinds (e.g. `epoch`, `result`), in order."""
     found: Dict[str, List[dict]] = {kind: [] for kind in kinds}
@@ -103,13 +120,49 @@ def run_collecting(
             found[event["event"]].append(event)
         on_event(event)
 
-    return run_job(argv, log_path, collect, env), found
+    return run_job(argv, log_path, collect, env, output_dir=output_dir), found
 
 
-def _pump(proc, log, tails, result: JobResult, on_event, echo) -> None:
+def run_launch(
+    launch: Launch, log_path: Path, on_event: EventHandler, kinds: Sequence[str]
+) -> Tuple[JobResult, Dict[str, List[dict]]]:
+    """`run_collecting` of a built launch: its argv, environment and output folder; then its timeline is closed."""
+    try:
+        return run_collecting(launch.argv, log_path, on_event, kinds, launch.env, launch.output_dir)
+    finally:
+        if launch.timeline:
+            close_timeline(Path(launch.timeline))
+
+
+def close_timeline(path: Path) -> None:
+    """Make a Horovod timeline a complete JSON array. Horovod 0.28.1 rewrites the closing `]` after each event, so a
+    finished job's file parses; but a job with no collectives (one worker) leaves it empty, and a killed one can
+    stop between an event's `,` and its `}]`."""
+    if not path.is_file():
+        return
+    text = path.read_text(errors="replace")
+    try:
+        json.loads(text or "!")
+        return
+    except ValueError:
+        pass
+    body = text.rstrip().rstrip(",")
+    if body.endswith("]"):
+        return  # not a truncation: leave it to the reader
+    cut = body.rfind("}")
+    fixed = "[]\n" if not body.strip("[ \n") else body[: cut + 1] + "]\n"
+    with contextlib.suppress(ValueError):
+        json.loads(fixed)
+        path.write_text(fixed)
+
+
+def _pump(proc, log, tails, result: JobResult, on_event, echo, copy: Optional[IO[str]] = None) -> None:
     for line in proc.stdout:
         log.write(line)
         log.flush()
+        if copy is not None:
+            copy.write(line)
+            copy.flush()
         rank, text = events.split_prefix(line.rstrip("\n"))
         event = events.parse(text)
         if event is None:

@@ -1,5 +1,6 @@
-"""Where a job runs: the launch options (`--np`, `-H`, `--hostfile`, `--launcher`, ssh, NICs, elastic), parsed and
-checked. Pure: imports no torch and runs nothing.
+"""Where a job runs: the launch options (`--np`, `-H`, `--hostfile`, `--launcher`, ssh, NICs, elastic) and Horovod's
+own knobs (timeline, autotune, fusion, cycle time, cache, hierarchical collectives, logging), parsed and checked.
+Pure: imports no torch and runs nothing.
 
 Horovod elastic runs on Gloo only; it blacklists a failed worker's whole host, so on one machine the discovery
 script lists distinct names for it (`localhost:1`, `127.0.0.1:1`, `$(hostname):1`).
@@ -9,12 +10,13 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import UsageError
-from ..options import CLUSTER, option
+from ..options import CLUSTER, HOROVOD, option
 
 LAUNCHERS = ("gloo", "mpi")
 ELASTIC_OPTIONS = ("min_np", "max_np", "host_discovery_script")  # `hvdat train` only
@@ -22,17 +24,30 @@ _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)*$"
 )
 _INTERFACE = re.compile(r"^[A-Za-z0-9_.:\-]{1,32}$")
+LOG_LEVELS = ("TRACE", "DEBUG", "INFO", "WARNING", "ERROR", "FATAL")  # Horovod's (horovodrun --log-level)
+
+
+def _log_level(value: Any, values: Dict[str, Any]) -> Optional[str]:
+    return None if value is None else str(value).upper()
 
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    np: int = option(1, "Number of workers (Horovod ranks).", CLUSTER, flags=("--np",))
-    hosts: Optional[str] = option(None, "Hosts and slots, e.g. host1:4,host2:4.", CLUSTER, flags=("-H", "--hosts"))
-    hostfile: Optional[str] = option(None, "File with one `host slots=N` per line.", CLUSTER, cli_type=Path)
-    launcher: str = option("gloo", "Horovod controller: gloo or mpi.", CLUSTER)
-    ssh_port: Optional[int] = option(None, "SSH port on the remote hosts.", CLUSTER)
-    ssh_identity_file: Optional[str] = option(None, "SSH private key for the remote hosts.", CLUSTER, cli_type=Path)
-    network_interfaces: Optional[str] = option(None, "NICs Horovod may use, e.g. eth0,ib0.", CLUSTER)
+    np: int = option(1, "Number of workers (Horovod ranks).", CLUSTER, flags=("--np",), envvar="HVDAT_NP")
+    hosts: Optional[str] = option(
+        None, "Hosts and slots, e.g. host1:4,host2:4.", CLUSTER, flags=("-H", "--hosts"), envvar="HVDAT_HOSTS"
+    )
+    hostfile: Optional[str] = option(
+        None, "File with one `host slots=N` per line.", CLUSTER, cli_type=Path, envvar="HVDAT_HOSTFILE"
+    )
+    launcher: str = option("gloo", "Horovod controller: gloo or mpi.", CLUSTER, envvar="HVDAT_LAUNCHER")
+    ssh_port: Optional[int] = option(None, "SSH port on the remote hosts.", CLUSTER, envvar="HVDAT_SSH_PORT")
+    ssh_identity_file: Optional[str] = option(
+        None, "SSH private key for the remote hosts.", CLUSTER, cli_type=Path, envvar="HVDAT_SSH_IDENTITY_FILE"
+    )
+    network_interfaces: Optional[str] = option(
+        None, "NICs Horovod may use, e.g. eth0,ib0.", CLUSTER, envvar="HVDAT_NETWORK_INTERFACES"
+    )
     # passed to mpirun verbatim, as one argument (horovodrun splits it)
     mpi_args: Optional[str] = option(None, "Extra mpirun arguments (with --launcher mpi).", CLUSTER)
     min_np: Optional[int] = option(
@@ -41,6 +56,49 @@ class LaunchSpec:
     max_np: Optional[int] = option(None, "Elastic: grow up to this many workers.", CLUSTER, flags=("--max-np",))
     host_discovery_script: Optional[str] = option(
         None, "Elastic: executable printing the usable host:slots, one per line.", CLUSTER, cli_type=Path
+    )
+    # Horovod's own knobs: horovodrun flags, or the HOROVOD_* variables it would set when the worker runs directly
+    timeline_filename: Optional[str] = option(
+        None,
+        "Record a Horovod timeline (Chrome trace JSON; rank 0 writes it, on its host) into this file.",
+        HOROVOD,
+        cli_type=Path,
+    )
+    timeline_mark_cycles: bool = option(
+        False, "Mark Horovod's background cycles on the timeline.", HOROVOD, flags=("--timeline-mark-cycles",)
+    )
+    autotune: bool = option(
+        False, "Let Horovod autotune fusion threshold, cycle time and hierarchy.", HOROVOD, flags=("--autotune",)
+    )
+    autotune_log_file: Optional[str] = option(
+        None, "CSV log of the autotune trials (needs --autotune).", HOROVOD, cli_type=Path
+    )
+    fusion_threshold_mb: Optional[int] = option(
+        None, "Tensor fusion buffer in MB (0: no fusion; Horovod's default 128).", HOROVOD
+    )
+    cycle_time_ms: Optional[float] = option(
+        None, "Delay between Horovod's fusion cycles in ms (Horovod's default 1).", HOROVOD
+    )
+    cache_capacity: Optional[int] = option(
+        None, "Tensor names Horovod caches to skip negotiation (0: off; default 1024).", HOROVOD
+    )
+    hierarchical_allreduce: Optional[bool] = option(
+        None, "Hierarchical allreduce (local, then across hosts); --no-... pins it off under --autotune.", HOROVOD
+    )
+    hierarchical_allgather: Optional[bool] = option(
+        None, "Hierarchical allgather; --no-... pins it off under --autotune.", HOROVOD
+    )
+    start_timeout: Optional[int] = option(
+        None, "Seconds horovodrun may take to check the hosts and start the workers (default 30).", HOROVOD
+    )
+    log_level: Optional[str] = option(
+        None, f"Horovod's log level on stderr: {', '.join(LOG_LEVELS)} (default WARNING).", HOROVOD, parse=_log_level
+    )
+    output_filename: Optional[str] = option(
+        None,
+        "Also write each rank's output to DIR/rank.R/stdout and stderr (horovodrun's --output-filename).",
+        HOROVOD,
+        cli_type=Path,
     )
 
     @property
@@ -127,6 +185,57 @@ def validate(spec: LaunchSpec) -> None:
         raise UsageError(f"invalid --network-interfaces {spec.network_interfaces!r}", "write e.g. eth0,ib0")
     if spec.mpi_args and spec.launcher != "mpi":
         raise UsageError("--mpi-args needs --launcher mpi")
+    validate_tuning(spec)
+
+
+def validate_tuning(spec: LaunchSpec) -> None:
+    """Horovod's knobs: the checks horovodrun would make (after the job had started), and the files' folders."""
+    for value, name, least in (
+        (spec.fusion_threshold_mb, "--fusion-threshold-mb", 0),
+        (spec.cycle_time_ms, "--cycle-time-ms", 0),
+        (spec.cache_capacity, "--cache-capacity", 0),
+        (spec.start_timeout, "--start-timeout", 1),
+    ):
+        if value is not None and not value >= least:  # also refuses NaN
+            raise UsageError(f"{name} must be >= {least}, got {value}")
+    if spec.log_level is not None and spec.log_level.upper() not in LOG_LEVELS:
+        raise UsageError(f"unknown --log-level {spec.log_level!r}", f"choose from: {', '.join(LOG_LEVELS)}")
+    if spec.timeline_mark_cycles and not spec.timeline_filename:
+        raise UsageError("--timeline-mark-cycles needs --timeline-filename")
+    if spec.autotune_log_file and not spec.autotune:
+        raise UsageError("--autotune-log-file needs --autotune")
+    for path, name in (
+        (spec.timeline_filename, "--timeline-filename"),
+        (spec.autotune_log_file, "--autotune-log-file"),
+    ):
+        if path:
+            _check_file_target(path, name, rank0_is_here(spec))
+    if spec.output_filename and Path(spec.output_filename).is_file():
+        raise UsageError(f"--output-filename {spec.output_filename} is a file", "it names a folder (DIR/rank.R/stdout)")
+
+
+def _check_file_target(path: str, name: str, here: bool) -> None:
+    if Path(path).is_dir():
+        raise UsageError(f"{name} {path} is a folder", f"name the file to write, e.g. {name} {Path(path) / 'x'}")
+    if here and not Path(path).resolve().parent.is_dir():
+        raise UsageError(f"{name} {path}: the folder {Path(path).parent} does not exist", "create it first")
+
+
+LOCAL_NAMES = ("localhost", "127.0.0.1")
+
+
+def rank0_is_here(spec: LaunchSpec) -> bool:
+    """Whether rank 0 (which writes the timeline and the autotune log) runs on this machine: the folder of such a
+    file is only checked here then."""
+    if spec.host_discovery_script:
+        return False
+    if not (spec.hosts or spec.hostfile):
+        return True
+    try:
+        first = slots_of(spec)[0][0]
+    except UsageError:
+        return False
+    return first in LOCAL_NAMES or first in (socket.gethostname(), socket.getfqdn())
 
 
 def _validate_elastic(spec: LaunchSpec) -> None:

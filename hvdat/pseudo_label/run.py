@@ -4,10 +4,10 @@ return its summary."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict
 
 from ..errors import UsageError
-from ..launch import LaunchSpec, build_argv, raise_for_failure, run_collecting, validate
+from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import file_target
 from ..runtime import checkpoint
 from .config import PseudoLabelConfig
@@ -33,8 +33,8 @@ def prepare(request: PseudoLabelConfig, spec: LaunchSpec) -> PseudoLabelConfig:
     return request.replace(checkpoint=str(ckpt), out=str(out_path))
 
 
-def job_argv(job: PseudoLabelConfig, spec: LaunchSpec) -> List[str]:
-    return build_argv(spec, WORKER, job_file(job))
+def job_launch(job: PseudoLabelConfig, spec: LaunchSpec) -> Launch:
+    return build_launch(spec, WORKER, job_file(job))
 
 
 def job_file(job: PseudoLabelConfig) -> Path:
@@ -43,13 +43,13 @@ def job_file(job: PseudoLabelConfig) -> Path:
 
 
 def run_pseudo_label(
-    job: PseudoLabelConfig, argv: List[str], on_event: Callable[[dict], None] = lambda event: None
+    job: PseudoLabelConfig, launch: Launch, on_event: Callable[[dict], None] = lambda event: None
 ) -> Dict[str, Any]:
     """Write the job file, run the job (raises JobFailed on failure), return its summary."""
     job.save(job_file(job))
     out = Path(job.out)
     log_path = out.with_name(out.name + ".log")
-    result, found = run_collecting(argv, log_path, on_event, ("done",))
+    result, found = run_launch(launch, log_path, on_event, ("done",))
     raise_for_failure(result, "pseudo-labelling", log_path)
     done = found["done"][-1] if found["done"] else {}
     return {k: v for k, v in done.items() if k != "event"}

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import UsageError
-from ..launch import LaunchSpec, build_argv, raise_for_failure, run_collecting, validate
+from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import make_dir
 from ..runtime import checkpoint
 from .config import TrainConfig
@@ -101,25 +101,26 @@ def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
     return make_dir(out)
 
 
-def prepare_training(config: TrainConfig, spec: LaunchSpec, dry_run: bool = False) -> List[str]:
-    """Every check that can fail before launch; the job's argv. A dry run also checks a --resume, touching nothing."""
+def prepare_training(config: TrainConfig, spec: LaunchSpec, dry_run: bool = False) -> Launch:
+    """Every check that can fail before launch; the job's command. A dry run also checks a --resume, touching
+    nothing."""
     config.validate()
     validate(spec)
-    argv = build_argv(spec, ELASTIC_WORKER if spec.elastic else WORKER, Path(config.out) / CONFIG_FILE)
+    launch = build_launch(spec, ELASTIC_WORKER if spec.elastic else WORKER, Path(config.out) / CONFIG_FILE)
     if dry_run and config.resume:
         check_resume(config)
-    return argv
+    return launch
 
 
 def run_training(
-    config: TrainConfig, argv: List[str], *, overwrite: bool, on_event: Callable[[dict], None]
+    config: TrainConfig, launch: Launch, *, overwrite: bool, on_event: Callable[[dict], None]
 ) -> TrainOutcome:
     """Write the run folder, run the job to its end, and return what it reported (raises JobFailed on failure)."""
     prepare_out(config, overwrite)
     run_dir = Path(config.out)
     config.save(run_dir / CONFIG_FILE)
     log_path = run_dir / TRAIN_LOG
-    result, found = run_collecting(argv, log_path, on_event, ("epoch", "stopped"))
+    result, found = run_launch(launch, log_path, on_event, ("epoch", "stopped"))
     outcome = TrainOutcome(out=str(run_dir), epochs=found["epoch"])
     if found["stopped"] and result.returncode == 0:
         outcome.stopped = found["stopped"][-1]
