@@ -40,13 +40,14 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from hvdat.launch.netns import tbf_argv  # the same token bucket as `hvdat bench comm --bandwidth`
+
 STATE_DIR = Path("/run/hvdat-test-cluster")
 NETNS_ETC = Path("/etc/netns")
 SSH_CONFIG_D = Path("/etc/ssh/ssh_config.d")
 PRIVSEP_DIR = Path("/run/sshd")  # sshd refuses to start without it
 SSHD = "/usr/sbin/sshd"
 ALLOWED = ipaddress.ip_network("198.18.0.0/15")  # RFC 2544 benchmarking addresses: never routed anywhere
-BURST, LATENCY = "512kb", "50ms"
 _PREFIX = re.compile(r"^[a-z][a-z0-9-]{0,14}$")
 _RATE = re.compile(r"^\d+(\.\d+)?(k|m|g)?(bit|bps)$")
 
@@ -410,26 +411,7 @@ class Cluster:
     def shape(self, host: str, rate: str) -> None:
         """Limit `host`'s eth0 to `rate` (tc tbf, both the host's sends; the switch side is not shaped)."""
         self._check_rate(rate)
-        _run(
-            self.argv_on(
-                host,
-                [
-                    "tc",
-                    "qdisc",
-                    "replace",
-                    "dev",
-                    "eth0",
-                    "root",
-                    "tbf",
-                    "rate",
-                    rate,
-                    "burst",
-                    BURST,
-                    "latency",
-                    LATENCY,
-                ],
-            )
-        )
+        _run(self.argv_on(host, tbf_argv("eth0", rate)))
         self._state["shaped"][host] = rate
         self._save()
 

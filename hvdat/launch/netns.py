@@ -46,6 +46,11 @@ def _run(argv: List[str]) -> None:
         )
 
 
+def tbf_argv(device: str, rate: str, verb: str = "replace") -> List[str]:
+    """`tc` shaping `device`'s sends to `rate` (a token bucket; the burst must exceed the MTU)."""
+    return ["tc", "qdisc", verb, "dev", device, "root", "tbf", "rate", rate, "burst", BURST, "latency", LATENCY]
+
+
 @contextlib.contextmanager
 def shaped_namespace(rate: str) -> Iterator[List[str]]:
     """Yield the argv prefix (`ip netns exec NS`) that runs a command behind the shaped loopback."""
@@ -54,27 +59,7 @@ def shaped_namespace(rate: str) -> Iterator[List[str]]:
     _run(["ip", "netns", "add", name])
     try:
         _run(["ip", "netns", "exec", name, "ip", "link", "set", "lo", "mtu", str(MTU), "up"])
-        _run(
-            [
-                "ip",
-                "netns",
-                "exec",
-                name,
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                "lo",
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                BURST,
-                "latency",
-                LATENCY,
-            ]
-        )
+        _run(["ip", "netns", "exec", name, *tbf_argv("lo", rate, "add")])
         yield ["ip", "netns", "exec", name]
     finally:
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
