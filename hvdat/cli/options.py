@@ -3,15 +3,18 @@ steer a command rather than fill a config (`--dry-run`, `--json`).
 
 `@with_options()` on a command replaces each parameter annotated with a config dataclass (`config: TrainConfig`,
 `spec: LaunchSpec`) by that dataclass's declared options, and calls the command with the dataclass built from them.
+`given(cls)` and `rebase(base)` then tell which options the user typed and lay them over a saved config (`hvdat train
+--config RUN/config.json`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import inspect
 import typing
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Set, TypeVar
 
 import typer
 from typing_extensions import Annotated
@@ -27,6 +30,12 @@ Json = Annotated[
         "--json", help="Print the result as JSON on stdout (progress goes to stderr).", rich_help_panel=OUTPUT
     ),
 ]
+
+
+CONTEXT = "hvdat_context"  # the click context, handed to the wrapper (typer passes a parameter typed Context)
+# this invocation: its click context and {config class: {option name: its command-line value}}
+_INVOCATION: contextvars.ContextVar = contextvars.ContextVar("hvdat_invocation")
+C = TypeVar("C")
 
 
 def _typer_option(name: str, declared: Option, field_type: Any, default: Any) -> Any:
@@ -102,11 +111,16 @@ def with_options(**exclude: Sequence[str]) -> Callable[[Callable[..., Any]], Cal
             else:
                 params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
 
+        params.append(inspect.Parameter(CONTEXT, inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
+
         @functools.wraps(command)
         def run(**values: Any) -> Any:
             built = {}
+            raw: Dict[type, Dict[str, Any]] = {}
+            _INVOCATION.set((values.pop(CONTEXT), raw))
             for name, cls in configs.items():
                 own = {key: values.pop(key) for key in expanded_names[name]}
+                raw[cls] = own
                 built[name] = build(cls, own)
             return command(**built, **values)
 
@@ -115,3 +129,22 @@ def with_options(**exclude: Sequence[str]) -> Callable[[Callable[..., Any]], Cal
         return run
 
     return decorate
+
+
+def given(cls: type) -> Set[str]:
+    """The options of `cls` that the user typed on this command line (not defaults, nor HVDAT_* variables)."""
+    ctx, raw = _INVOCATION.get()
+    # ParameterSource.COMMANDLINE, by name: typer may run its own copy of click
+    return {name for name in raw.get(cls, {}) if getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"}
+
+
+def rebase(base: C) -> C:
+    """`base` (a saved config) with the options typed on this command line laid over it. Each typed value is
+    parsed as it would be without `base`, except that what it depends on comes from `base` unless typed too
+    (`--eps 0.5` over a saved `--norm l2` is an L2 budget)."""
+    cls = type(base)
+    raw = _INVOCATION.get()[1].get(cls, {})
+    declared = declared_options(cls)
+    typed = given(cls)
+    merged = {**{name: getattr(base, name) for name in declared}, **{name: raw[name] for name in typed}}
+    return dataclasses.replace(base, **{name: declared[name].to_field_value(raw[name], merged) for name in typed})

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from pathlib import Path
+from typing import Optional, Tuple
 
 import typer
 from typing_extensions import Annotated
 
-from ..launch import LaunchSpec
+from ..launch import LaunchSpec, validate
 from ..options import OUTPUT
 from ..train.config import TrainConfig
+from ..train.run_folder import CONFIG_FILE
 from .app import app, err, out
-from .options import DryRun, Json, with_options
+from .options import DryRun, Json, given, rebase, with_options
 from .progress import TrainProgress, epochs_table
 
 STOPPED_EXIT_CODE = 130  # as for Ctrl-C: the run is not finished, but nothing went wrong
@@ -22,6 +26,21 @@ STOPPED_EXIT_CODE = 130  # as for Ctrl-C: the run is not finished, but nothing w
 def train(
     spec: LaunchSpec,
     config: TrainConfig,
+    saved: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config",
+            help="Start a new run from a run's config.json (or its folder): its settings and --np, with the options "
+            "typed here overriding them; --out and --resume are this command's.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config", help="Print the resolved configuration (as config.json) and exit.", rich_help_panel=OUTPUT
+        ),
+    ] = False,
     dry_run: DryRun = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.", rich_help_panel=OUTPUT)
@@ -32,6 +51,13 @@ def train(
     from ..train.run import prepare_training, run_training
 
     config = config.replace(np=spec.np)
+    if saved is not None:
+        config, spec = from_saved(saved, config, spec)
+    if print_config:
+        config.validate()
+        validate(spec)
+        out.file.write(json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+        return
     launch = prepare_training(config, spec, dry_run=dry_run)
     if dry_run:
         out.print(launch.display(), highlight=False, soft_wrap=True)
@@ -61,3 +87,13 @@ def train(
         out.print_json(json.dumps(outcome.summary()))
     else:
         out.print(epochs_table(outcome.epochs, title=f"hvdat train: {outcome.out}"))
+
+
+def from_saved(path: Path, config: TrainConfig, spec: LaunchSpec) -> Tuple[TrainConfig, LaunchSpec]:
+    """A saved run's configuration with the options typed on this command line over it. --np comes from it too
+    (the same global batch reproduces the same run) unless typed; HVDAT_* variables and defaults do not override
+    it. --out and --resume stay this command's: a new run, not the saved one's folder."""
+    saved = TrainConfig.load(path / CONFIG_FILE if path.is_dir() else path)
+    if "np" not in given(LaunchSpec):
+        spec = dataclasses.replace(spec, np=saved.np)
+    return rebase(saved).replace(out=config.out, resume=config.resume, np=spec.np), spec
