@@ -23,6 +23,7 @@ setup(
         "scikit-learn>=1.3",  # ships the embedded `digits` dataset
         "matplotlib>=3.7",  # hvdat report
         "pyautoattack>=0.2",  # reference AutoAttack
+        "tensorboard>=2.14",  # RUN/tb/ event files (its own writer: no TensorFlow)
     ],
     extras_require={
         # ruff is pinned: `ruff format --check` (tests/test_architecture.py) checks its formatter's exact output

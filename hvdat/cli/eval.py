@@ -15,7 +15,7 @@ from ..eval.config import EvalConfig
 from ..launch import LaunchSpec
 from ..launch.spec import ELASTIC_OPTIONS
 from .app import app, err, out
-from .options import DryRun, Json, with_options
+from .options import DryRun, Json, JsonEventsFlag, json_modes, with_options
 from .progress import EvalProgress
 
 
@@ -27,6 +27,7 @@ def eval_command(
     spec: LaunchSpec,
     dry_run: DryRun = False,
     as_json: Json = False,
+    json_events: JsonEventsFlag = False,
 ) -> None:
     """Evaluate robustness with AutoAttack, PGD, CW, FGSM, ... sharded over Horovod ranks."""
     from ..eval.run import eval_launch, prepare, run_eval
@@ -36,10 +37,20 @@ def eval_command(
     if dry_run:
         out.print(launch.display(), highlight=False, soft_wrap=True)
         return
+    stream = json_modes(as_json, json_events, out.file)
     with EvalProgress(err) as progress:
-        report = run_eval(cfg, launch, progress.handle)
+
+        def handle(event: dict) -> None:
+            progress.handle(event)
+            if stream is not None:
+                stream.handle(event)
+
+        report = run_eval(cfg, launch, handle)
     if as_json:
         out.print_json(json.dumps({k: v for k, v in report.items() if k != "examples"}))
+        return
+    if stream is not None:
+        stream.write("summary", {k: v for k, v in report.items() if k != "examples"})
         return
     out.print(report_table(report))
     for departure in report["departures"]:

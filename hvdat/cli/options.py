@@ -38,6 +38,16 @@ _INVOCATION: contextvars.ContextVar = contextvars.ContextVar("hvdat_invocation")
 C = TypeVar("C")
 
 
+JsonEventsFlag = Annotated[
+    bool,
+    typer.Option(
+        "--json-events",
+        help="Stream JSON lines on stdout as the job goes (start, progress with eta_seconds, epoch, summary).",
+        rich_help_panel=OUTPUT,
+    ),
+]
+
+
 def _typer_option(name: str, declared: Option, field_type: Any, default: Any) -> Any:
     cli_type = declared.cli_type or field_type
     if declared.cli_type is not None and default is None:
@@ -148,3 +158,13 @@ def rebase(base: C) -> C:
     typed = given(cls)
     merged = {**{name: getattr(base, name) for name in declared}, **{name: raw[name] for name in typed}}
     return dataclasses.replace(base, **{name: declared[name].to_field_value(raw[name], merged) for name in typed})
+
+
+def json_modes(as_json: bool, json_events: bool, stream):
+    """The line stream for --json-events (None without it); --json and --json-events both print on stdout."""
+    from ..errors import UsageError
+    from .progress import JsonEvents
+
+    if as_json and json_events:
+        raise UsageError("give --json or --json-events, not both", "--json-events ends with the --json summary")
+    return JsonEvents(stream) if json_events else None

@@ -1,9 +1,11 @@
 """Rich rendering of worker events at the CLI edge: one kind of live progress bar on a terminal, fed by training
-(with one line per epoch) and by evaluation."""
+(with one line per epoch) and by evaluation; and the `--json-events` line stream for scripts."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+import datetime
+import json
+from typing import IO, Any, Dict, List, Optional
 
 from rich.console import Console
 from rich.progress import (
@@ -11,23 +13,35 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     ProgressColumn,
+    Task,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.table import Table
+from rich.text import Text
+
+
+class EtaColumn(ProgressColumn):
+    """The time to finish that the launcher estimated from this run's own work (the events' `eta_seconds`): rich's
+    own estimate would count a resumed run's earlier epochs as done now, and the pauses between epochs not at all."""
+
+    def render(self, task: Task) -> Text:
+        eta = task.fields.get("eta")
+        if eta is None:
+            return Text("eta -:--:--", style="progress.remaining")
+        return Text(f"eta {datetime.timedelta(seconds=int(round(eta)))}", style="progress.remaining")
 
 
 def progress_bar(console: Console, *columns: ProgressColumn) -> Progress:
-    """Description, bar, done/total, the caller's own columns, elapsed and remaining time; off when `console` is not
-    a terminal."""
+    """Description, bar, done/total, the caller's own columns, elapsed time and the time to finish; off when
+    `console` is not a terminal."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         *columns,
         TimeElapsedColumn(),
-        TimeRemainingColumn(),
+        EtaColumn(),
         console=console,
         disable=not console.is_terminal,
     )
@@ -63,20 +77,21 @@ class TrainProgress(EventProgress):
 
     def handle(self, event: Dict[str, Any]) -> None:
         kind = event.get("event")
-        if kind == "start":
+        if kind == "start":  # the steps of this run only: a resumed run's bar starts empty
             self.start = event
-            total = event["steps_per_epoch"] * (event["epochs"] - event["start_epoch"])
-            self.task = self.progress.add_task("training", total=total, loss=0.0, acc=0.0, ips=0.0, extra="")
+            self.task = self.progress.add_task(
+                "training", total=event["steps_total"], loss=0.0, acc=0.0, ips=0.0, extra="", eta=None
+            )
             self.console.print(
                 f"[dim]{event['world_size']} worker(s), global batch {event['global_batch']}, "
                 f"peak lr {event['peak_lr']:.4g}, epochs {event['start_epoch'] + 1}..{event['epochs']}[/]"
             )
         elif kind == "batch" and self.task is not None:
-            done = (event["epoch"] - self.start["start_epoch"]) * self.start["steps_per_epoch"] + event["batch"]
             extra = f"{event['bytes_sent_per_step'] / 1e6:.2f} MB/step" if "bytes_sent_per_step" in event else ""
             self.progress.update(
                 self.task,
-                completed=done,
+                completed=event["steps_done"],
+                eta=event["eta_seconds"],
                 description=f"epoch {event['epoch'] + 1}/{self.start['epochs']}",
                 loss=event["loss"],
                 acc=event["acc"],
@@ -84,6 +99,8 @@ class TrainProgress(EventProgress):
                 extra=extra,
             )
         elif kind == "epoch":
+            if self.task is not None:
+                self.progress.update(self.task, completed=event["steps_done"], eta=event["eta_seconds"])
             self.console.print(
                 f"epoch {event['epoch']:>3}  loss {event['train_loss']:.4f}  train {event['train_acc']:.1%}  "
                 f"clean {event['test_clean_acc']:.1%}  robust {percent(event['test_robust_acc'])}  "
@@ -104,7 +121,7 @@ class EvalProgress(EventProgress):
         kind = event.get("event")
         if kind == "start":
             self.task = self.progress.add_task(
-                "evaluating", total=event["n_examples"], completed=event["resumed_examples"]
+                "evaluating", total=event["n_examples"] - event["resumed_examples"], eta=None
             )
             resumed = (
                 f", resuming {event['resumed_examples']} examples from the state file"
@@ -116,7 +133,7 @@ class EvalProgress(EventProgress):
                 f"{', '.join(event['stages']) or 'none'}{resumed}[/]"
             )
         elif kind == "chunk" and self.task is not None:
-            self.progress.advance(self.task, event["examples"])
+            self.progress.update(self.task, advance=event["examples"], eta=event["eta_seconds"])
 
 
 def epochs_table(rows: List[Dict[str, Any]], title: str = "training") -> Table:
@@ -135,3 +152,62 @@ def epochs_table(rows: List[Dict[str, Any]], title: str = "training") -> Table:
             f"{row['seconds']:.1f}",
         )
     return table
+
+
+class JsonEvents:
+    """`--json-events`: one JSON object per line on stdout, as the job goes, for scripts. Documented in the README:
+
+    train: `start` (epochs, start_epoch, steps_per_epoch, world_size, global_batch, peak_lr, steps_total), `progress`
+    (about every 0.5 s: epoch (1-based, the one training), batch, batches, step, steps_done, loss, acc,
+    images_per_sec, bytes_sent_per_step, eta_seconds), `epoch` (the metrics.jsonl entry plus eta_seconds),
+    `stopped`, and last `summary` (what --json prints);
+    eval: `start` (n_examples, chunks, world_size, stages, resumed_examples), `progress` (after each chunk: done,
+    total, eta_seconds), and last `summary` (the report without per-example arrays)."""
+
+    FIELDS = {
+        "start": (
+            "epochs",
+            "start_epoch",
+            "steps_per_epoch",
+            "world_size",
+            "global_batch",
+            "peak_lr",
+            "steps_total",
+            "n_examples",
+            "chunks",
+            "stages",
+            "resumed_examples",
+        ),
+        "batch": (
+            "epoch",
+            "batch",
+            "batches",
+            "step",
+            "steps_done",
+            "loss",
+            "acc",
+            "images_per_sec",
+            "bytes_sent_per_step",
+            "eta_seconds",
+        ),
+        "chunk": ("done", "total", "eta_seconds"),
+    }
+    PUBLIC = {"batch": "progress", "chunk": "progress"}
+    PASSED = ("epoch", "stopped", "reset")
+
+    def __init__(self, stream: IO[str]):
+        self.stream = stream
+
+    def write(self, kind: str, fields: Dict[str, Any]) -> None:
+        self.stream.write(json.dumps({"event": kind, **fields}) + "\n")
+        self.stream.flush()
+
+    def handle(self, event: Dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind in self.FIELDS:
+            fields = {key: event[key] for key in self.FIELDS[kind] if key in event}
+            if kind == "batch":
+                fields["epoch"] += 1  # as the progress bar and metrics.jsonl count epochs
+            self.write(self.PUBLIC.get(kind, kind), fields)
+        elif kind in self.PASSED:
+            self.write(kind, {key: value for key, value in event.items() if key not in ("event", "steps_done")})

@@ -15,7 +15,7 @@ from ..options import OUTPUT
 from ..train.config import TrainConfig
 from ..train.run_folder import CONFIG_FILE
 from .app import app, err, out
-from .options import DryRun, Json, given, rebase, with_options
+from .options import DryRun, Json, JsonEventsFlag, given, json_modes, rebase, with_options
 from .progress import TrainProgress, epochs_table
 
 STOPPED_EXIT_CODE = 130  # as for Ctrl-C: the run is not finished, but nothing went wrong
@@ -46,6 +46,7 @@ def train(
         bool, typer.Option("--overwrite", help="Start over in an --out that holds a run.", rich_help_panel=OUTPUT)
     ] = False,
     as_json: Json = False,
+    json_events: JsonEventsFlag = False,
 ) -> None:
     """Train a model with adversarial examples on one machine or a Horovod cluster."""
     from ..train.run import prepare_training, run_training
@@ -62,8 +63,15 @@ def train(
     if dry_run:
         out.print(launch.display(), highlight=False, soft_wrap=True)
         return
+    stream = json_modes(as_json, json_events, out.file)
     with TrainProgress(err) as progress:
-        outcome = run_training(config, launch, overwrite=overwrite, on_event=progress.handle)
+
+        def handle(event: dict) -> None:
+            progress.handle(event)
+            if stream is not None:
+                stream.handle(event)
+
+        outcome = run_training(config, launch, overwrite=overwrite, on_event=handle)
     if outcome.stopped:
         stopped = outcome.stopped
         err.print(
@@ -72,19 +80,20 @@ def train(
             highlight=False,
             soft_wrap=True,
         )
+        summary = {
+            "out": outcome.out,
+            "epochs": outcome.epochs,
+            "stopped": {key: stopped[key] for key in ("epoch", "batch", "batches", "step", "checkpoint")},
+        }
         if as_json:  # scripts learn where it stopped and what to resume from
-            out.print_json(
-                json.dumps(
-                    {
-                        "out": outcome.out,
-                        "epochs": outcome.epochs,
-                        "stopped": {key: stopped[key] for key in ("epoch", "batch", "batches", "step", "checkpoint")},
-                    }
-                )
-            )
+            out.print_json(json.dumps(summary))
+        elif stream is not None:
+            stream.write("summary", summary)
         raise typer.Exit(STOPPED_EXIT_CODE)
     if as_json:
         out.print_json(json.dumps(outcome.summary()))
+    elif stream is not None:
+        stream.write("summary", outcome.summary())
     else:
         out.print(epochs_table(outcome.epochs, title=f"hvdat train: {outcome.out}"))
 

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from ..attacks.budget import parse_eps_list
 from ..frozen_config import FrozenConfig
-from ..options import ATTACK, DATA, DATA_DIR, NORM, OUTPUT, SEED, THREADS, option
+from ..options import ATTACK, DATA, DATA_DIR, NORM, OUTPUT, SEED, TENSORBOARD, THREADS, option
 
 
 def _attack_help() -> str:
@@ -59,7 +59,11 @@ class EvalConfig(FrozenConfig):
     out: Optional[str] = option(
         None, "The JSON report (default: RUN/eval/ATTACK-NORM.json).", OUTPUT, flags=("--out",), cli_type=Path
     )  # resolved; working files go to work_dir
+    tensorboard: bool = option(
+        True, TENSORBOARD, help="Add the accuracies to the run's TensorBoard events (RUN/tb/), when TARGET is a run's."
+    )
     work_dir: str = "eval.work"
+    checkpoint_step: int = 0  # resolved: the optimiser step of the checkpoint (the x of its TensorBoard points)
     np: int = 1  # for the record
     plan: Dict[str, Any] = field(default_factory=dict)  # the resolved Plan (hvdat.eval.plan), as a dict
     fingerprint: str = ""  # of what decides the results; a state file with another one is not resumed

@@ -13,9 +13,11 @@ from ..errors import UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import file_target, make_dir
 from ..runtime import checkpoint
+from ..tb_events import TB_DIR
 from .config import EvalConfig
 from .plan import EVAL_ATTACKS, make_plan
 from .summary import headline
+from .tracking import EvalTracker
 
 DEFAULT_N_EXAMPLES = 1000  # AutoAttack's README evaluates the first 1000 test points
 EVAL_DIR = "eval"
@@ -93,6 +95,7 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
         out=str(out_file),
         work_dir=str(out_file.with_suffix(".work")),
         plan=plan.to_dict(),
+        checkpoint_step=int(state.get("step", 0)),
     )
     return cfg.replace(fingerprint=cfg.compute_fingerprint())
 
@@ -163,7 +166,8 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
     log_path = work / "logs" / "eval.log"
     log_path.unlink(missing_ok=True)
     start = time.perf_counter()
-    result, found = run_launch(launch, log_path, on_event, ("result",))
+    tracker = EvalTracker()
+    result, found = run_launch(launch, log_path, lambda event: on_event(tracker.annotate(event)), ("result",))
     raise_for_failure(result, "evaluation", log_path)
     results = found["result"]
     if not results:
@@ -174,4 +178,26 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(out_file)
     shutil.rmtree(work / "state", ignore_errors=True)  # done: a rerun starts afresh
+    if cfg.tensorboard:
+        write_board(cfg, report)
     return report
+
+
+def write_board(cfg: EvalConfig, report: Dict[str, Any]) -> None:
+    """Into the evaluated run's TensorBoard events (RUN/tb/, when the checkpoint lies in a run folder), at the
+    checkpoint's optimiser step: `eval/NAME/clean_accuracy` and `eval/NAME/robust_accuracy/eps=E` for each eps of
+    the sweep (NAME as the default report's: attack[-version]-norm)."""
+    run_dir = Path(cfg.checkpoint).parent
+    if not (run_dir / CONFIG_FILE).is_file():
+        return
+    from ..tb_events import EventWriter
+
+    name = default_out(Path(cfg.checkpoint), cfg.attack, cfg.version, cfg.norm).stem
+    writer = EventWriter(run_dir / TB_DIR)
+    try:
+        writer.scalar(f"eval/{name}/clean_accuracy", report["clean_accuracy"], cfg.checkpoint_step)
+        for entry in report["sweep"]:
+            tag = f"eval/{name}/robust_accuracy/eps={entry['eps']:.4g}"
+            writer.scalar(tag, entry["robust_accuracy"], cfg.checkpoint_step)
+    finally:
+        writer.close()

@@ -18,7 +18,7 @@ from ..errors import UsageError
 from ..frozen_config import FrozenConfig
 from ..models import MODELS
 from ..optim import OPTIMIZERS
-from ..options import ATTACK, CLUSTER, DATA, DATA_DIR, FAST, NORM, OPTIM, OUTPUT, SEED, THREADS, option
+from ..options import ATTACK, CLUSTER, DATA, DATA_DIR, FAST, NORM, OPTIM, OUTPUT, SEED, TENSORBOARD, THREADS, option
 from ..registry import Registry
 from ..schedule import SCHEDULES
 
@@ -112,6 +112,7 @@ class TrainConfig(FrozenConfig):
     )
     seed: int = option(0, SEED)
     resume: bool = option(False, "Continue from --out/last.pt.", OUTPUT, flags=("--resume",))
+    tensorboard: bool = option(True, TENSORBOARD)  # written by the launcher, from the job's events
     np: int = 1  # for the record (from the launch options); the launcher decides the real world size
     # unlabeled data (Carmon et al. 2019; DAT's CIFAR-10 + 500K): pseudo-labelled images mixed into each batch
     extra_data: Optional[str] = option(

@@ -3,6 +3,7 @@ collect the epochs. Rendering is the caller's: events go to the `on_event` callb
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -11,8 +12,11 @@ from ..errors import UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import make_dir
 from ..runtime import checkpoint
+from ..tb_events import TB_DIR
 from .config import TrainConfig
+from .position import Position
 from .run_folder import CONFIG_FILE, METRICS, TRAIN_LOG
+from .tracking import Anchor, TrainTracker
 
 WORKER, ELASTIC_WORKER = "hvdat.train.worker", "hvdat.train.elastic"
 RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS)
@@ -33,6 +37,7 @@ RESUME_MAY_CHANGE = frozenset(
         "amp",
         "channels_last",
         "compile",
+        "tensorboard",
     }
 )
 
@@ -71,8 +76,8 @@ def check_resume_settings(config: TrainConfig, saved: TrainConfig) -> None:
         )
 
 
-def check_resume(config: TrainConfig) -> None:
-    """--resume needs this arch's checkpoint in --out, and the run's own training settings."""
+def check_resume(config: TrainConfig) -> Dict[str, Any]:
+    """--resume needs this arch's checkpoint in --out, and the run's own training settings; returns the checkpoint."""
     out = Path(config.out)
     state = checkpoint.load(out / checkpoint.LAST, arch=config.arch)  # clear error for a missing or foreign file
     if (out / CONFIG_FILE).is_file():
@@ -82,14 +87,30 @@ def check_resume(config: TrainConfig) -> None:
             f"the run in {out} already has {state['epoch']} of --epochs {config.epochs}",
             "raise --epochs to train it further",
         )
+    return state
 
 
-def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
-    """Check that --out fits --resume/--overwrite, and clear it when starting over."""
+def resume_anchor(config: TrainConfig, state: Optional[Dict[str, Any]]) -> Anchor:
+    """Where a resumed run starts (epoch, batch converted to this world size and batch as the workers do, step)."""
+    if state is None:
+        return Anchor()
+    from ..data.extra import extra_per_batch
+
+    labeled = config.batch_size - (
+        extra_per_batch(config.extra_fraction, config.batch_size) if config.extra_data else 0
+    )
+    position = Position()
+    position.load_state_dict(state, labeled, config.np)
+    return Anchor(position.epoch, position.batch, position.step)
+
+
+def prepare_out(config: TrainConfig, overwrite: bool) -> Optional[Dict[str, Any]]:
+    """Check that --out fits --resume/--overwrite, and clear it when starting over; the checkpoint resumed."""
     out = Path(config.out)
     has_run = (out / checkpoint.LAST).exists()
+    state = None
     if config.resume:
-        check_resume(config)
+        state = check_resume(config)
     elif has_run and not overwrite:
         raise UsageError(
             f"{out} already holds a run",
@@ -98,7 +119,9 @@ def prepare_out(config: TrainConfig, overwrite: bool) -> Path:
     elif overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-    return make_dir(out)
+        shutil.rmtree(out / TB_DIR, ignore_errors=True)
+    make_dir(out)
+    return state
 
 
 def prepare_training(config: TrainConfig, spec: LaunchSpec, dry_run: bool = False) -> Launch:
@@ -115,12 +138,31 @@ def prepare_training(config: TrainConfig, spec: LaunchSpec, dry_run: bool = Fals
 def run_training(
     config: TrainConfig, launch: Launch, *, overwrite: bool, on_event: Callable[[dict], None]
 ) -> TrainOutcome:
-    """Write the run folder, run the job to its end, and return what it reported (raises JobFailed on failure)."""
-    prepare_out(config, overwrite)
+    """Write the run folder, run the job to its end, and return what it reported (raises JobFailed on failure).
+    `on_event` gets each event with what the launcher adds (hvdat.train.tracking: `step`, `steps_done`,
+    `steps_total`, `eta_seconds`); the TensorBoard files (hvdat.train.board) are written from the same events."""
+    state = prepare_out(config, overwrite)
     run_dir = Path(config.out)
     config.save(run_dir / CONFIG_FILE)
     log_path = run_dir / TRAIN_LOG
-    result, found = run_launch(launch, log_path, on_event, ("epoch", "stopped"))
+    tracker = TrainTracker(resume_anchor(config, state))
+    board = None
+    if config.tensorboard:
+        from .board import TrainBoard
+
+        board = TrainBoard(run_dir, config)
+
+    def handle(event: dict) -> None:
+        event = tracker.annotate(event)
+        if board is not None:
+            board.handle(event)
+        on_event(event)
+
+    try:
+        result, found = run_launch(launch, log_path, handle, ("epoch", "stopped"))
+    finally:
+        if board is not None:
+            board.close()
     outcome = TrainOutcome(out=str(run_dir), epochs=found["epoch"])
     if found["stopped"] and result.returncode == 0:
         outcome.stopped = found["stopped"][-1]
