@@ -39,6 +39,33 @@ def test_help_explains_the_options():
         assert option in proc.stdout, option
 
 
+@pytest.mark.parametrize("command", ["train", "eval", "pseudo-label"])
+def test_help_groups_horovods_knobs_in_their_panel(command):
+    proc = run_hvdat(command, "--help", env={"COLUMNS": "200"})
+    assert proc.returncode == 0
+    panel = proc.stdout[proc.stdout.index("Horovod tuning") :]
+    panel = panel[: panel.index("╰")]
+    for option in (
+        "--timeline-filename",
+        "--timeline-mark-cycles",
+        "--autotune",
+        "--autotune-log-file",
+        "--fusion-threshold-mb",
+        "--cycle-time-ms",
+        "--cache-capacity",
+        "--hierarchical-allreduce",
+        "--no-hierarchical-allgather",
+        "--start-timeout",
+        "--log-level",
+        "--output-filename",
+    ):
+        assert option in panel, option
+    assert "HVDAT_NP" in proc.stdout
+    if command == "train":
+        for option in ("--config", "--print-config", "--json-events", "--no-tensorboard"):
+            assert option in proc.stdout, option
+
+
 def test_version_and_list():
     assert run_hvdat("--version").stdout.startswith("hvdat ")
     listing = run_hvdat("list", "attacks").stdout
