@@ -20,6 +20,7 @@ setup(
         "typer>=0.12",
         "rich>=13",
         "numpy>=1.24",
+        "psutil>=5.8",  # the launcher finds its own host's workers to stop them gracefully
         "scikit-learn>=1.3",  # ships the embedded `digits` dataset
         "matplotlib>=3.7",  # hvdat report
         "pyautoattack>=0.2",  # reference AutoAttack

@@ -13,7 +13,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UsageError
 from .spec import LaunchSpec, initial_np, is_local_single, rank0_is_here, slots_of, validate
@@ -49,6 +49,10 @@ class Launch:
     env: Dict[str, str] = field(default_factory=dict)
     output_dir: Optional[str] = None
     timeline: Optional[str] = None  # a Horovod timeline that rank 0 writes on this machine (closed after the job)
+    # What a Ctrl-C or SIGTERM goes to first: this machine's workers when they stop gracefully on SIGTERM (their
+    # command line, e.g. the module and its config), so they agree on a step and checkpoint. Signalled instead,
+    # horovodrun would end a remote rank's ssh (exit 255) while that rank was still finishing the stop.
+    graceful_workers: Tuple[str, ...] = ()
 
     def display(self) -> str:
         """For --dry-run: a copy-pasteable line, the added environment first."""
@@ -114,13 +118,17 @@ def tuning_env(spec: LaunchSpec) -> Dict[str, str]:
     return env
 
 
-def build_launch(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional[str] = None) -> Launch:
-    """The full command. `module` is the worker module (`hvdat.train.worker`, ...)."""
+def build_launch(
+    spec: LaunchSpec, module: str, config: Path, horovodrun: Optional[str] = None, graceful: bool = False
+) -> Launch:
+    """The full command. `module` is the worker module (`hvdat.train.worker`, ...); `graceful`: its workers stop
+    after an agreed step on SIGTERM, so an interrupt goes to them first."""
     validate(spec)
     timeline = spec.timeline_filename if rank0_is_here(spec) else None
+    workers = (module, str(config)) if graceful else ()
     if is_local_single(spec):
-        return Launch(worker_argv(module, config), tuning_env(spec), spec.output_filename, timeline)
-    return Launch(horovodrun_argv(spec, module, config, horovodrun), timeline=timeline)
+        return Launch(worker_argv(module, config), tuning_env(spec), spec.output_filename, timeline, workers)
+    return Launch(horovodrun_argv(spec, module, config, horovodrun), timeline=timeline, graceful_workers=workers)
 
 
 def build_argv(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional[str] = None) -> List[str]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
+import psutil
+
 from .. import events
 from ..errors import JobFailed, UsageError
 from .argv import Launch
@@ -53,9 +55,11 @@ def run_job(
     env: Optional[Dict[str, str]] = None,
     echo: Optional[Callable[[str], None]] = None,
     output_dir: Optional[str] = None,
+    graceful_workers: Sequence[str] = (),
 ) -> JobResult:
-    """Run argv to completion. Ctrl-C (or SIGTERM to us) is forwarded to the whole job as SIGTERM so workers can
-    write a final checkpoint; a second Ctrl-C kills the job. `output_dir` (a worker run without horovodrun) also
+    """Run argv to completion. Ctrl-C (or SIGTERM to us) becomes a SIGTERM to this machine's workers whose command
+    line holds every one of `graceful_workers` (they agree on a step and write a final checkpoint), or to the whole
+    job when there are none; a second Ctrl-C kills the job. `output_dir` (a worker run without horovodrun) also
     gets its output, as horovodrun's --output-filename lays it out: DIR/rank.0/stdout (stderr merged into it)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -83,7 +87,10 @@ def run_job(
                 break
             except KeyboardInterrupt:
                 interrupts += 1
-                _signal_group(proc, signal.SIGTERM if interrupts == 1 else signal.SIGKILL)
+                if interrupts > 1:
+                    _signal_group(proc, signal.SIGKILL)
+                elif not _signal_workers(proc, graceful_workers, signal.SIGTERM):
+                    _signal_group(proc, signal.SIGTERM)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         reader.join(timeout=10)
@@ -111,6 +118,7 @@ def run_collecting(
     kinds: Sequence[str],
     env: Optional[Dict[str, str]] = None,
     output_dir: Optional[str] = None,
+    graceful_workers: Sequence[str] = (),
 ) -> Tuple[JobResult, Dict[str, List[dict]]]:
     """`run_job`, also keeping the events of the given kinds (e.g. `epoch`, `result`), in order."""
     found: Dict[str, List[dict]] = {kind: [] for kind in kinds}
@@ -120,7 +128,7 @@ def run_collecting(
             found[event["event"]].append(event)
         on_event(event)
 
-    return run_job(argv, log_path, collect, env, output_dir=output_dir), found
+    return run_job(argv, log_path, collect, env, output_dir=output_dir, graceful_workers=graceful_workers), found
 
 
 def run_launch(
@@ -128,7 +136,9 @@ def run_launch(
 ) -> Tuple[JobResult, Dict[str, List[dict]]]:
     """`run_collecting` of a built launch: its argv, environment and output folder; then its timeline is closed."""
     try:
-        return run_collecting(launch.argv, log_path, on_event, kinds, launch.env, launch.output_dir)
+        return run_collecting(
+            launch.argv, log_path, on_event, kinds, launch.env, launch.output_dir, launch.graceful_workers
+        )
     finally:
         if launch.timeline:
             close_timeline(Path(launch.timeline))
@@ -189,6 +199,21 @@ def _sigterm_as_interrupt():
         raise KeyboardInterrupt
 
     return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _signal_workers(proc: subprocess.Popen, markers: Sequence[str], sig: int) -> bool:
+    """Signal the job's processes on this machine that have every marker as an argument of their own (not inside a
+    shell's `-c` string: the shells horovodrun starts must not get it); False if there are none."""
+    if not markers:
+        return False
+    found = False
+    with contextlib.suppress(psutil.Error):
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                if all(marker in child.cmdline() for marker in markers):
+                    child.send_signal(sig)
+                    found = True
+    return found
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -129,7 +129,9 @@ def prepare_training(config: TrainConfig, spec: LaunchSpec, dry_run: bool = Fals
     nothing."""
     config.validate()
     validate(spec)
-    launch = build_launch(spec, ELASTIC_WORKER if spec.elastic else WORKER, Path(config.out) / CONFIG_FILE)
+    # the static worker stops after an agreed step on SIGTERM (elastic ones are ended by horovodrun)
+    worker = ELASTIC_WORKER if spec.elastic else WORKER
+    launch = build_launch(spec, worker, Path(config.out) / CONFIG_FILE, graceful=not spec.elastic)
     if dry_run and config.resume:
         check_resume(config)
     return launch
