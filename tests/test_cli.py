@@ -3,7 +3,7 @@
 import sys
 
 import pytest
-from conftest import QUICK, assert_one_line_error, run_hvdat
+from conftest import QUICK, assert_one_line_error, read_metrics, run_hvdat
 
 from hvdat.cli import main
 
@@ -196,3 +196,19 @@ def test_resume_without_a_checkpoint(tmp_path):
 
 def test_existing_run_is_not_silently_overwritten(trained_run):
     assert_one_line_error(run_hvdat("train", *QUICK, "--out", trained_run), "already holds a run", "--resume")
+
+
+def test_overwrite_starts_the_run_folder_afresh(tmp_path):
+    """--overwrite leaves nothing of the old run that the new one could be mistaken for: its log, metrics,
+    checkpoints, TensorBoard events and per-rank shards."""
+    out = tmp_path / "run"
+    args = ["train", *QUICK, "--epochs", "1", "--train-samples", "128", "--compression", "ef-sign", "--out", out]
+    run_hvdat(*args, check=True)
+    (out / "rank-state" / "rank-7.pt").write_bytes(b"stale")  # a shard of an older, larger run
+    marker = "a line of the old run's log"
+    with open(out / "logs" / "train.log", "a") as log:
+        log.write(marker + "\n")
+    run_hvdat(*args, "--overwrite", check=True)
+    assert marker not in (out / "logs" / "train.log").read_text()
+    assert sorted(p.name for p in (out / "rank-state").iterdir()) == ["rank-0.pt"]
+    assert len(read_metrics(out)) == 1

@@ -19,7 +19,7 @@ from .run_folder import CONFIG_FILE, METRICS, TRAIN_LOG
 from .tracking import Anchor, TrainTracker
 
 WORKER, ELASTIC_WORKER = "hvdat.train.worker", "hvdat.train.elastic"
-RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS)
+RUN_FILES = (checkpoint.LAST, checkpoint.BEST, METRICS, TRAIN_LOG)
 
 # What a resumed run may change: its length, where and how fast it runs, and its per-epoch check. Anything else
 # would make the checkpoint's run and config.json (rewritten on resume) describe a run that never happened.
@@ -119,7 +119,8 @@ def prepare_out(config: TrainConfig, overwrite: bool) -> Optional[Dict[str, Any]
     elif overwrite:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / TB_DIR, ignore_errors=True)
+        for folder in (TB_DIR, checkpoint.RANK_STATE_DIR):
+            shutil.rmtree(out / folder, ignore_errors=True)
     make_dir(out)
     return state
 
