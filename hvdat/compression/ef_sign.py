@@ -25,14 +25,18 @@ Aggregate of k payloads: the mean of the workers' δ_w (the mean of what each wo
 Residuals and momentum buffers are float32 whatever the gradient dtype, keyed by the `name` the optimizer passes
 (the parameter's name), and are saved in checkpoints through `state_dict()` / `load_state_dict()`. Non-finite values
 make that block's scale, aggregate and residual non-finite; nothing is silently repaired.
+
+Encoding, the residual update and decoding run on the gradient's device, as torch operations (CPU tensors: numpy
+kernels, see `hvdat.compression.packing`), and residuals and momentum buffers stay there (`state_dict()` returns
+host copies); the bytes and the floats are those of the numpy codec this replaced (float32 block scales with numpy's
+pairwise summation order, decoded values ±1 × scale in float32, the mean accumulated from zero in payload order).
 """
 
 from __future__ import annotations
 
-from math import prod
-from typing import Dict, List, Optional, Sequence, Union
+from math import gcd, prod
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import torch
 
 from . import packing
@@ -51,34 +55,95 @@ def wire_bytes(shape: Union[int, Sequence[int]]) -> int:
     return packing.SCALE_BYTES * blocks(shape) + packing.packed_len(numel)
 
 
-def block_scales(corrected: np.ndarray, nblocks: int, scratch: np.ndarray) -> np.ndarray:
-    """‖p_r‖₁/d_r per block, float32 (0 for an empty tensor); scratch: a float32 buffer of corrected's size."""
-    if corrected.size == 0:
-        return np.zeros(nblocks, dtype=np.float32)
-    magnitudes = np.abs(corrected, out=scratch).reshape(nblocks, -1)
-    return np.add.reduce(magnitudes, axis=1) / np.float32(magnitudes.shape[1])
+def _pieces(numel: int, nblocks: int, device: torch.device) -> List[Tuple[int, int, int, int]]:
+    """Byte ranges of the packed bits, each with the first block it starts in and how many blocks it covers:
+    whole blocks per piece (so that a piece's nibbles know their block), cache-sized on CPU."""
+    nbytes = packing.packed_len(numel)
+    if nblocks == 1:
+        return [(start, stop, 0, 1) for start, stop in packing.chunks(nbytes, device, 1, 8)]
+    per_block = numel // nblocks
+    unit = 8 // gcd(per_block, 8)  # blocks per piece must end on a byte
+    step = max(unit, packing.CPU_CHUNK // per_block // unit * unit) if device.type == "cpu" else nblocks
+    pieces = []
+    for first in range(0, nblocks, step):
+        count = min(step, nblocks - first)
+        stop = nbytes if first + count == nblocks else (first + count) * per_block // 8
+        pieces.append((first * per_block // 8, stop, first, count))
+    return pieces
 
 
-def scaled_signs(bits: np.ndarray, scales: np.ndarray, numel: int, out: np.ndarray) -> np.ndarray:
-    """scales[r] · (±1 from the packed bits), written into out (float32, >= 8·len(bits) elements); returns
-    out[:numel]."""
-    np.take(packing.SIGN_TABLE, bits, axis=0, out=out[: 8 * bits.size].reshape(-1, 8), mode="clip")
-    values = out[:numel]
-    with np.errstate(invalid="ignore"):  # a non-finite scale makes its block non-finite, on purpose
-        if scales.size == 1:
-            values *= scales[0]
-        elif numel:
-            values.reshape(scales.size, -1).__imul__(scales[:, None])
-    return values
+def _block_tables(scales: torch.Tensor, plus_zero: bool = False) -> torch.Tensor:
+    """Rows 16r..16r+15: the 4 values of every nibble of sign bits in block r, ±1 × s_r in float32, as quads.
+    `plus_zero`: 0 + that (what accumulating into zeros gives: -0.0 becomes +0.0)."""
+    values = (packing.table("sign_nibble", scales.device).unsqueeze(0) * scales.view(-1, 1, 1)).view(-1, 4)
+    if plus_zero:
+        values = torch.zeros((), dtype=torch.float32, device=scales.device) + values
+    return packing.quads(values)
 
 
-def mean_of_scaled_signs(rows: np.ndarray, numel: int, nblocks: int) -> np.ndarray:
+def _scaled_signs(bits, tables, per_block: int, first: int, count: int, out: torch.Tensor) -> torch.Tensor:
+    """scales[r] · (±1 from the packed bits) for one piece (bytes `bits`, blocks first..first+count-1), into
+    `out` (8 floats per byte)."""
+    nibbles = packing.look_up(packing.table("sign_nibbles", bits.device), packing.byte_index(bits), "nibbles")
+    if tables.numel() > 16:  # more than one block: the nibbles of block r look in rows 16r..16r+15
+        index = nibbles.view(torch.int32)[: count * per_block // 4].view(count, per_block // 4)
+        index += torch.arange(16 * first, 16 * (first + count), 16, dtype=torch.int32, device=bits.device).view(-1, 1)
+    return packing.expand4(tables, nibbles, out=out)
+
+
+def scaled_signs(bits: torch.Tensor, scales: torch.Tensor, numel: int, out: torch.Tensor, mode: str) -> None:
+    """The device kernel: δ = scales[block] · (±1 from the packed bits), exactly numpy's take(±1 table) × scale in
+    float32, applied to out[:numel] (float32): `mode` "first" sets out = 0 + δ (a mean starting from zeros), "add"
+    out += δ, "subtract" out -= δ. Pieces of whole blocks (cache-sized when run on a CPU)."""
+    nblocks = scales.numel()
+    per_block = numel // nblocks
+    device = bits.device
+    if nblocks > 1 and per_block % 4:  # nibbles straddle blocks: ±1 first, then each block times its scale
+        nibbles = packing.gather(packing.table("sign_nibbles", device), packing.byte_index(bits))
+        signs = packing.expand4(packing.quads(packing.table("sign_nibble", device)), nibbles)
+        _apply(out[:numel], signs[:numel].view(nblocks, per_block).mul_(scales.view(-1, 1)).view(-1), mode)
+        return
+    tables = _block_tables(scales, plus_zero=mode == "first")
+    for start, stop, first, count in _pieces(numel, nblocks, device):
+        if mode == "first":
+            _scaled_signs(bits[start:stop], tables, per_block, first, count, out[8 * start : 8 * stop])
+        else:
+            piece = out[8 * start : min(8 * stop, out.numel())]
+            work = packing.scratch("signs", 8 * (stop - start), torch.float32, device)
+            _apply(piece, _scaled_signs(bits[start:stop], tables, per_block, first, count, work)[: piece.numel()], mode)
+
+
+def _apply(out: torch.Tensor, delta: torch.Tensor, mode: str) -> None:
+    if mode == "first":
+        torch.add(torch.zeros((), dtype=torch.float32, device=out.device), delta, out=out)
+    elif mode == "add":
+        out += delta
+    else:
+        out -= delta
+
+
+def mean_of_scaled_signs(rows: torch.Tensor, numel: int, nblocks: int) -> torch.Tensor:
+    """The mean of k payloads' δ_w: (0 + δ_0) + δ_1 + ..., every δ_w = ±1 × (s_w / k) in float32, as numpy did.
+    Returns 8 values per byte of bits (the tail is padding)."""
+    if packing.use_numpy(rows):  # the host kernel (numpy's take of 8 signs per byte)
+        return packing.mean_of_scaled_signs_numpy(rows.numpy(), numel, nblocks)
+    k, device = rows.shape[0], rows.device
     scale_bytes = packing.SCALE_BYTES * nblocks
-    scales = np.ascontiguousarray(rows[:, :scale_bytes]).view(np.float32) / np.float32(rows.shape[0])
-    out = np.zeros(numel, dtype=np.float32)
-    scratch = np.empty(8 * packing.packed_len(numel), dtype=np.float32)
-    for scale, bits in zip(scales, rows[:, scale_bytes:]):  # one vectorised pass per worker
-        out += scaled_signs(bits, scale, numel, scratch)
+    scales = packing.header_floats(rows, nblocks) / torch.full((1,), k, dtype=torch.float32, device=device)
+    bits = rows[:, scale_bytes:]
+    out = packing.empty(8 * bits.shape[1], torch.float32, device)
+    first = 0
+    if nblocks == 1 and k >= 2:  # one scale each: (0 + δ_0) + δ_1 through one look-up per pair of nibbles
+        signs = packing.table("sign_nibble", device)
+        one = [signs * s.view(1, 1) for s in scales[:2]]
+        pairs = packing.quads((torch.zeros((), device=device) + one[0]).view(16, 1, 4) + one[1].view(1, 16, 4))
+        lut = packing.table("nibble_pairs", device)
+        for start, stop in packing.chunks(bits.shape[1], device, 1, 8):
+            index = packing.pair_index(bits[0, start:stop], bits[1, start:stop])
+            packing.expand4(pairs, packing.look_up(lut, index, "nibbles"), out[8 * start : 8 * stop])
+        first = 2
+    for i in range(first, k):  # one pass per worker
+        scaled_signs(bits[i], scales[i], numel, out, "add" if i else "first")
     return out
 
 
@@ -90,34 +155,41 @@ class EFSignCompressor:
     wire_bytes = staticmethod(wire_bytes)
 
     def __init__(self, seed: Optional[int] = None):
-        self.residuals: Dict[str, torch.Tensor] = {}
+        self.residuals: Dict[str, torch.Tensor] = {}  # float32, on the gradient's device
         self.momentum: Dict[str, torch.Tensor] = {}  # filled by the optimizer (worker-local SGD momentum)
-        self._buffer = np.empty(0, dtype=np.float32)
-
-    def _scratch(self, size: int) -> np.ndarray:
-        """One reused float32 work buffer (the largest tensor's size), instead of temporaries per call."""
-        if self._buffer.size < size:
-            self._buffer = np.empty(size, dtype=np.float32)
-        return self._buffer[:size]
 
     def compress(self, tensor: torch.Tensor, name: str = ""):
         values = packing.as_float32(tensor)
+        numel = values.numel()
         residual = self.residuals.get(name)
-        if residual is not None and residual.numel() != values.size:
+        if residual is not None and residual.numel() != numel:
             raise ValueError(
                 f"EF residual {name!r} has {residual.numel()} elements but the gradient has "
-                f"{values.size}; pass a distinct name= per tensor"
+                f"{numel}; pass a distinct name= per tensor"
             )
-        corrected = values.copy() if residual is None else np.add(values, residual.numpy(), out=residual.numpy())
         nblocks = blocks(tensor.shape)
-        scratch = self._scratch(8 * packing.packed_len(values.size))
-        scales = block_scales(corrected, nblocks, scratch[: values.size])
-        bits = packing.pack_bits(corrected < 0)
-        payload = packing.to_payload(scales.view(np.uint8), bits)
+        scale_bytes = packing.SCALE_BYTES * nblocks
+        payload = packing.empty(scale_bytes + packing.packed_len(numel), torch.uint8, values.device)
+        fresh = residual is None
+        if fresh:
+            residual = torch.empty(numel, dtype=torch.float32, device=values.device)
+        elif residual.device != values.device:  # restored from a checkpoint (kept on the host)
+            residual = residual.to(values.device)
+        residual = residual.view(-1)
+        self.residuals[name] = residual
+        if packing.use_numpy(values):  # the host kernel: numpy's sum order, and its faster take of 8 signs per byte
+            rows = residual.numpy().reshape(nblocks, -1)
+            packing.ef_encode_numpy(values.numpy(), rows, payload.numpy(), fresh)
+            return payload, packing.ctx_of(tensor)
+        if fresh:  # p = u (its first step), in e's memory
+            corrected = residual.copy_(values)
+        else:
+            corrected = torch.add(values, residual, out=residual)  # p = u + e, in e's memory
+        bits = payload[scale_bytes:]
+        scales = packing.l1_scales_and_signs(corrected.view(nblocks, -1), bits)
+        payload[:scale_bytes].copy_(scales.view(torch.uint8))
         # e <- p - s * sign(p), decoded from the bits just sent, so the bookkeeping is exact by construction
-        with np.errstate(invalid="ignore"):  # inf - inf = NaN: non-finite stays non-finite, on purpose
-            corrected -= scaled_signs(bits, scales, values.size, scratch)
-        self.residuals[name] = torch.from_numpy(corrected)
+        scaled_signs(bits, scales, numel, corrected, "subtract")
         return payload, packing.ctx_of(tensor)
 
     @staticmethod
@@ -129,14 +201,14 @@ class EFSignCompressor:
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, torch.Tensor]:
-        state = {name: residual.clone() for name, residual in self.residuals.items()}
         # on the host: checkpoints and the allgathers of rank states must not carry CUDA tensors of other GPUs
-        state.update({MOMENTUM + name: buffer.detach().cpu().clone() for name, buffer in self.momentum.items()})
+        state = {name: residual.detach().to("cpu", copy=True) for name, residual in self.residuals.items()}
+        state.update({MOMENTUM + name: buffer.detach().to("cpu", copy=True) for name, buffer in self.momentum.items()})
         return state
 
     def load_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
-        def clean(tensor):
-            return tensor.detach().to(torch.float32).clone()
+        def clean(tensor):  # host copies; compress and the optimizer move them to the gradient's device
+            return tensor.detach().to("cpu", torch.float32, copy=True)
 
         self.residuals = {k: clean(v) for k, v in state.items() if not k.startswith(MOMENTUM)}
         self.momentum = {k[len(MOMENTUM) :]: clean(v) for k, v in state.items() if k.startswith(MOMENTUM)}

@@ -10,6 +10,11 @@ With k = 1, decompress(compress(g)) = ‖g‖₁/d · sign(g).
 
 Non-finite gradients are never hidden: ±inf or NaN anywhere in g makes the scale non-finite, and the whole
 aggregate of that tensor becomes non-finite (ties become NaN).
+
+Encoding and decoding run on the gradient's device, as torch operations (CPU tensors: numpy kernels where those are
+faster, see `hvdat.compression.packing`), with the bytes and floats of the numpy codec this replaced: ‖g‖₁ is
+float32 in numpy's pairwise summation order, the mean scale is taken in float64 as numpy's mean, and every decoded
+value is vote × scale in float32.
 """
 
 from __future__ import annotations
@@ -22,35 +27,60 @@ import torch
 from . import packing
 
 
-def l1_scale(values: np.ndarray) -> np.float32:
-    """‖x‖₁ / d in float32 (0 for an empty tensor)."""
-    if values.size == 0:
-        return np.float32(0.0)
-    return np.float32(np.add.reduce(np.abs(values)) / values.size)  # numpy's pairwise float32 sum: accurate, fast
-
-
-def encode_signs(values: np.ndarray, scale: np.float32) -> torch.Tensor:
-    return packing.to_payload(packing.scale_header(scale), packing.pack_bits(values < 0))
-
-
-def majority_vote(rows: np.ndarray, numel: int) -> np.ndarray:
-    """Decode k sign payloads into mean_scale · sign(Σ signs) as float32, ties -> 0."""
-    scales, bits = packing.split_scale(rows)
-    k = rows.shape[0]
-    if k == 1:
-        negative, positive = bits[0], ~bits[0]
-    elif k == 2:  # bytewise: both negative, both positive, else a tie
-        negative, positive = bits[0] & bits[1], ~(bits[0] | bits[1])
+def encode_signs(values: torch.Tensor) -> torch.Tensor:
+    """The payload of a float32 tensor: the fp32 scale ‖g‖₁/d, then the packed sign bits (a fresh uint8 tensor on
+    the values' device)."""
+    numel = values.numel()
+    payload = packing.empty(packing.SCALE_BYTES + packing.packed_len(numel), torch.uint8, values.device)
+    if packing.use_numpy(values):
+        data = payload.numpy()
+        scale = packing.l1_scales_and_signs_numpy(values.numpy().reshape(1, -1), data[packing.SCALE_BYTES :])
+        data[: packing.SCALE_BYTES] = scale.view(np.uint8)
     else:
-        counts = packing.count_set_bits(bits, numel)
-        negative, positive = (
-            packing.pack_bits(2 * counts.astype(np.int32) > k),
-            packing.pack_bits(2 * counts.astype(np.int32) < k),
+        scale = packing.l1_scales_and_signs(values.view(1, -1), payload[packing.SCALE_BYTES :])
+        payload[: packing.SCALE_BYTES].copy_(scale.view(torch.uint8))
+    return payload
+
+
+def vote_nibbles(bits) -> torch.Tensor:
+    """The majority vote of k rows of packed signs ((k, bytes): a tensor, or a numpy array of host bytes) as
+    vote-table indices: two int32 per byte (its low and high nibble), each (negative nibble << 4 | positive
+    nibble); ties are in neither."""
+    k = bits.shape[0]
+    device = torch.device("cpu") if isinstance(bits, np.ndarray) else bits.device
+    if k == 1:  # negative where the bit is set, positive elsewhere
+        return packing.look_up(packing.table("vote_nibbles_1", device), packing.byte_index(bits[0]), "nibbles")
+    if k == 2:  # bytewise: both negative, both positive, else a tie, through one look-up of the byte pair
+        return packing.look_up(packing.table("vote_nibbles_2", device), packing.pair_index(bits[0], bits[1]), "nibbles")
+    if isinstance(bits, np.ndarray):
+        bits = torch.from_numpy(bits)
+    counts = packing.count_set_bits(bits)  # per element, how many rows say negative
+    flags = packing.scratch("vote_flags", counts.numel(), torch.bool, device)
+    negative = packing.pack_bits(torch.gt(counts, k // 2, out=flags))  # 2c > k
+    positive = packing.pack_bits(torch.lt(counts, (k + 1) // 2, out=flags))  # 2c < k
+    return packing.look_up(packing.table("vote_nibbles", device), packing.pair_index(negative, positive), "nibbles")
+
+
+def majority_vote(rows: torch.Tensor) -> torch.Tensor:
+    """Decode k sign payloads into mean_scale · sign(Σ signs) as float32, ties -> 0 (vote × scale in float32, so a
+    non-finite scale makes ties NaN, on purpose). Returns 8 values per byte (the tail is padding)."""
+    device = rows.device
+    if packing.on_host(rows):  # scales and look-up keys from the bytes in place, the k scales averaged in Python
+        data = rows.numpy()
+        scale = packing.mean_as_float64(packing.row_floats(rows, rows.shape[1]))
+        votes = packing.quads(packing.host_table("vote_nibble", scale))  # every nibble's 4 values, scaled
+        bits = data[:, packing.SCALE_BYTES :]
+    else:
+        scale = packing.mean_as_float64(packing.header_floats(rows, 1).view(-1))
+        votes = packing.quads(packing.table("vote_nibble", device) * scale)
+        bits = rows[:, packing.SCALE_BYTES :]
+    nbytes = bits.shape[1]
+    out = packing.empty(8 * nbytes, torch.float32, device)
+    for start, stop in packing.chunks(nbytes, device, 1, 8):
+        whole = stop - start == nbytes
+        packing.expand4(
+            votes, vote_nibbles(bits if whole else bits[:, start:stop]), out if whole else out[8 * start : 8 * stop]
         )
-    index = (negative.astype(np.uint16) << 8) | positive
-    out = packing.expand(packing.VOTE_TABLE, index, numel)
-    with np.errstate(invalid="ignore"):  # a non-finite scale makes ties NaN, on purpose
-        out *= np.float32(scales.astype(np.float64).mean())
     return out
 
 
@@ -68,11 +98,9 @@ class SignCompressor:
 
     @staticmethod
     def compress(tensor: torch.Tensor, name: str = ""):
-        values = packing.as_float32(tensor)
-        return encode_signs(values, l1_scale(values)), packing.ctx_of(tensor)
+        return encode_signs(packing.as_float32(tensor)), packing.ctx_of(tensor)
 
     @staticmethod
     def decompress(payload: torch.Tensor, ctx) -> torch.Tensor:
-        numel = int(np.prod(ctx[0], dtype=np.int64))
-        rows = packing.rows(payload, SignCompressor.wire_bytes(numel))
-        return packing.to_tensor(majority_vote(rows, numel), ctx)
+        rows = packing.rows(payload, SignCompressor.wire_bytes(packing.numel_of(ctx[0])))
+        return packing.to_tensor(majority_vote(rows), ctx)

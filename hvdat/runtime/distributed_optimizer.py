@@ -1,7 +1,9 @@
 """Horovod's DistributedOptimizer, extended to move packed compressed gradients through `hvd.allgather`.
 
 Horovod's torch allreduce takes no uint8, so packed payloads (sign, ef-sign, natural) are allgathered and every rank
-decodes and aggregates the same bytes the same way, which keeps the parameters bit-identical. Everything else is
+decodes and aggregates the same bytes the same way, which keeps the parameters bit-identical. Payloads are encoded
+and decoded on the gradient's device: a CUDA gradient's uint8 payload goes through allgather on NCCL and its
+aggregate is decoded on the GPU, with no host copy and no synchronisation in the hook. Everything else is
 Horovod 0.28.1's own `_DistributedOptimizer`: its per-parameter gradient-accumulator hooks start each exchange as
 soon as backward produces that gradient (the hook compresses, then enqueues the allgather), and its
 `synchronize()` decodes the results in order, so decoding one gradient overlaps the transfers still in flight.
