@@ -446,6 +446,9 @@ def l1_scales_and_signs_numpy(values: np.ndarray, bits_out: np.ndarray) -> np.nd
     piece at a time so that x is read from memory once."""
     count, numel = values.shape
     size = values.size
+    if 0 < size <= SMALL:  # a few elements: the same steps with the fewest calls
+        bits_out[:] = np.packbits(values < 0, bitorder="little")
+        return np.add.reduce(np.abs(values), axis=1) / np.float32(numel)
     flags = host_scratch("flags", 8 * packed_len(size), np.bool_)
     flags[size:] = False
     work = host_scratch("abs", min(size, max(SUM_CHUNK, numel)), np.float32)
@@ -526,6 +529,16 @@ def ef_encode_numpy(update: np.ndarray, residual: np.ndarray, payload: np.ndarra
         residual[...] = update.reshape(count, numel)
     else:
         np.add(update.reshape(count, numel), residual, out=residual)
+    if 0 < residual.size <= SMALL:  # a few elements: the same steps with the fewest calls
+        flags = residual < 0
+        payload[scale_bytes:] = np.packbits(flags, bitorder="little")
+        scales = np.add.reduce(np.abs(residual), axis=1) / np.float32(numel)
+        payload[:scale_bytes] = scales.view(np.uint8)
+        delta = TABLES["sign_byte"][payload[scale_bytes:]].reshape(-1)[: residual.size].reshape(count, numel)
+        delta *= scales[:, None]
+        with contextlib.nullcontext() if np.isfinite(scales).all() else np.errstate(invalid="ignore"):
+            residual -= delta
+        return
     unit = 8 // gcd(max(numel, 1), 8)  # rows per piece must end on a byte
     step = max(unit, SUM_CHUNK // max(numel, 1) // unit * unit)
     if count == 1 or step >= count:  # one piece, or one row: scales first, then the residual
@@ -568,6 +581,17 @@ def mean_of_scaled_signs_numpy(data: np.ndarray, numel: int, nblocks: int) -> np
     out = empty(8 * bits.shape[1], torch.float32, torch.device("cpu"))
     values = out.numpy()
     if numel == 0:
+        return out
+    if numel <= SMALL:  # a few elements: the same steps with the fewest calls
+        finite = np.isfinite(scales).all()
+        with contextlib.nullcontext() if finite else np.errstate(invalid="ignore"):
+            for i in range(k):
+                delta = TABLES["sign_byte"][bits[i]].reshape(-1)[:numel].reshape(nblocks, -1)
+                delta *= scales[i, :, None]
+                if i == 0:
+                    np.add(np.float32(0), delta.reshape(-1), out=values[:numel])
+                else:
+                    values[:numel] += delta.reshape(-1)
         return out
     per_block = numel // nblocks
     unit = 8 // gcd(per_block, 8)  # blocks per piece must end on a byte
