@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
-import psutil
-
 from .. import events
 from ..errors import JobFailed, UsageError
 from .argv import Launch
@@ -206,6 +204,8 @@ def _signal_workers(proc: subprocess.Popen, markers: Sequence[str], sig: int) ->
     shell's `-c` string: the shells horovodrun starts must not get it); False if there are none."""
     if not markers:
         return False
+    import psutil  # only here: bin/test-cluster imports hvdat.launch with the system's python
+
     found = False
     with contextlib.suppress(psutil.Error):
         for child in psutil.Process(proc.pid).children(recursive=True):
