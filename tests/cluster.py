@@ -31,6 +31,7 @@ import ipaddress
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -345,15 +346,29 @@ class Cluster:
         )
 
     # --- sshd ----------------------------------------------------------------------------------------------
-    def start_sshd(self, host: str, wait: bool = True, timeout: float = 30) -> None:
-        """Start `host`'s sshd (in the foreground of its own session, logging to WORKDIR/HOST_sshd.log)."""
+    def start_sshd(self, host: str, wait: bool = True, timeout: float = 30, hide: Sequence[str] = ()) -> None:
+        """Start `host`'s sshd (in the foreground of its own session, logging to WORKDIR/HOST_sshd.log). `hide`:
+        directories that the sessions it serves see empty (an empty tmpfs over each, in a mount namespace of the
+        sshd's own), as on a host where a venv or a package was never installed."""
         assert self.workdir is not None
         if self.sshd_running(host):
             return
         config = self.workdir / f"{host}_sshd_config"
+        argv = self.argv_on(host, [SSHD, "-D", "-e", "-f", str(config)])
+        if hide:
+            mounts = " && ".join(shlex.join(["mount", "-t", "tmpfs", "hidden", str(path)]) for path in hide)
+            argv = [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"{mounts} && exec {shlex.join(argv)}",
+            ]
         with open(self.workdir / f"{host}_sshd.log", "ab") as log:
             proc = subprocess.Popen(
-                self.argv_on(host, [SSHD, "-D", "-e", "-f", str(config)]),
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -159,3 +160,50 @@ def test_a_host_whose_sshd_is_down_is_one_line_naming_it(cluster, tmp_path, laun
     assert len(lines) == 1, proc.stderr
     assert lines[0].startswith(f"error: training could not start a worker on host {second} (Connection refused)")
     assert "hvdat doctor" in lines[0] and str(out / "logs" / "train.log") in lines[0]
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    """The failure's first line (what follows it is the way back, see the failure report)."""
+    assert proc.returncode != 0 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.splitlines()[0]
+
+
+def test_a_host_without_hvdat_is_an_error_naming_it(cluster, home, tmp_path):
+    """The second host has this venv but no hvdat (its sessions see an empty hvdat/ folder): Gloo's worker there
+    cannot import the worker module."""
+    out, second = tmp_path / "run", cluster.hosts[1]
+    cluster.stop_sshd(second)
+    cluster.start_sshd(second, hide=[str(REPO / "hvdat")])
+    try:
+        proc = hvdat_on(
+            cluster, "train", *cluster_opts(cluster), *TRAIN, "--epochs", "1", "--out", out, home=home, timeout=120
+        )
+    finally:
+        cluster.stop_sshd(second)
+        cluster.start_sshd(second)
+    line = _error_line(proc)
+    python = sys.executable
+    assert line.startswith(
+        f"error: training could not start a worker on host {second} ({python} cannot import hvdat.train.worker "
+    ), line
+    assert "install hvdat there at the same path, or use the image" in proc.stderr and "hvdat doctor" in proc.stderr
+
+
+def test_a_host_without_this_venv_is_an_error_naming_it(cluster, home, tmp_path):
+    """hvdat runs from a venv mounted at a path that exists only in its own mount namespace (a venv never installed
+    on the other hosts): mpirun cannot start the worker's interpreter on the second host."""
+    venv, out, second = tmp_path / "venv", tmp_path / "run", cluster.hosts[1]
+    venv.mkdir()
+    python = venv / "bin" / Path(sys.executable).name
+    argv = [python, "-m", "hvdat", "train", *cluster_opts(cluster), "--launcher", "mpi", *TRAIN, "--epochs", "1",
+            "--out", out]  # fmt: skip
+    mount = shlex.join(["mount", "--bind", str(Path(sys.executable).parents[1]), str(venv)])
+    proc = subprocess.run(
+        ["unshare", "--mount", "sh", "-c", f"{mount} && exec {shlex.join(cluster.argv_on(cluster.hosts[0], argv))}"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)},
+    )  # fmt: skip
+    line = _error_line(proc)
+    assert line.startswith(f"error: training could not start a worker on host {second} (no {python} there)"), line
+    assert "install hvdat there at the same path, or use the image" in proc.stderr

@@ -33,8 +33,8 @@ from typing_extensions import Annotated
 from .. import launch
 from ..errors import UsageError
 from ..launch import LaunchSpec
-from ..launch.job import ssh_failure
 from ..launch.spec import LAUNCHERS
+from ..launch.start_failures import FIX_INSTALL, ssh_failure
 from ..options import CLUSTER
 from . import host_facts
 from .app import app, out
@@ -46,7 +46,6 @@ SSH_TIMEOUT_S = 5  # ssh's ConnectTimeout
 PROBE_TIMEOUT_S = 60  # one remote host, all told: connect, then its Python imports torch and Horovod
 FIX_MPI_BUILD = "rerun bin/install after apt-get install libopenmpi-dev openmpi-bin"
 FIX_MPIRUN = "apt-get install openmpi-bin, or put the directory holding mpirun on PATH"
-FIX_IMAGE = "install hvdat there at the same path, or use the image"
 HOST_KEY_FAILED = "Host key verification failed"
 
 
@@ -207,15 +206,15 @@ def check_remote(
         check.known_host = True
     last = ([line for line in proc.stderr.splitlines() if line.strip()] or [""])[-1].strip()
     if proc.returncode == 127:
-        check.problem = f"no {python} on {host}: {FIX_IMAGE}"
+        check.problem = f"no {python} on {host}: {FIX_INSTALL}"
         return check
     facts = host_facts.parse(proc.stdout)
     if facts is None:
-        check.problem = f"{python} on {host} failed (exit {proc.returncode}: {last or 'no output'}): {FIX_IMAGE}"
+        check.problem = f"{python} on {host} failed (exit {proc.returncode}: {last or 'no output'}): {FIX_INSTALL}"
         return check
     check.facts = facts
     if not facts["hvdat"]["importable"]:
-        check.problem = f"hvdat does not import with {python} on {host} ({facts['hvdat']['error']}): {FIX_IMAGE}"
+        check.problem = f"hvdat does not import with {python} on {host} ({facts['hvdat']['error']}): {FIX_INSTALL}"
     elif not facts["horovod"].get("installed"):
         check.problem = (
             f"Horovod does not import with {python} on {host} ({facts['horovod'].get('error')}): "
