@@ -31,8 +31,9 @@ def horovod_job(np_: int, *args: str, script: str = "hvd_compression_job.py") ->
 
 
 def test_every_compressor_keeps_three_ranks_bit_identical_and_counts_its_wire_bytes():
-    results = {r["compression"]: r for r in horovod_job(3, *COMPRESSORS.names())}
-    assert sorted(results) == sorted(COMPRESSORS.names())
+    names = [*COMPRESSORS.names(), "qsgd4", "qsgd2"]  # and qsgd's other widths, which the registry does not list
+    results = {r["compression"]: r for r in horovod_job(3, *names)}
+    assert sorted(results) == sorted(names)
     for name, result in results.items():
         assert result["size"] == 3
         assert result["identical"], result
@@ -43,6 +44,10 @@ def test_every_compressor_keeps_three_ranks_bit_identical_and_counts_its_wire_by
     sign, tensors = results["sign"], 4
     assert sign["bytes"] <= sign["fp32"] / 32 + 5 * tensors
     assert results["natural"]["bytes"] == results["natural"]["fp32"] / 4 + tensors
+    # qsgd: 8, 4 or 2 bits per element, a 4-byte norm and (sub-byte widths) the padding of the last byte per tensor
+    assert results["qsgd"]["bytes"] == results["qsgd"]["fp32"] / 4 + 4 * tensors
+    for name, bits in (("qsgd4", 4), ("qsgd2", 2)):
+        assert results[name]["bytes"] <= results[name]["fp32"] * bits / 32 + 5 * tensors
 
 
 def test_one_worker_still_compresses_although_horovod_registers_no_hooks():

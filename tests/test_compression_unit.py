@@ -12,7 +12,7 @@ from hvdat.compression import COMPRESSORS, packing, wire_bytes
 from hvdat.compression.natural import NaturalCompressor
 from hvdat.runtime.horovod_compression import Compression, build_compressor
 
-PACKED = ["sign", "ef_sign", "natural"]
+PACKED = ["sign", "ef_sign", "natural", "qsgd"]
 
 
 def gathered(*payloads: torch.Tensor) -> torch.Tensor:
@@ -21,7 +21,7 @@ def gathered(*payloads: torch.Tensor) -> torch.Tensor:
 
 
 def test_registry_and_mirror_cover_the_same_compressors():
-    assert COMPRESSORS.names() == ["none", "fp16", "sign", "ef-sign", "natural"]
+    assert COMPRESSORS.names() == ["none", "fp16", "sign", "ef-sign", "natural", "qsgd"]
     for name in COMPRESSORS.names():
         member = getattr(Compression, name.replace("-", "_"))
         x = torch.randn(10)
@@ -255,7 +255,7 @@ def test_half_precision_gradients_keep_their_dtype(name, dtype):
     assert torch.equal(torch.sign(out[x != 0]), torch.sign(x[x != 0])) or name != "natural"
 
 
-@pytest.mark.parametrize("name", ["sign", "ef-sign", "natural"])
+@pytest.mark.parametrize("name", ["sign", "ef-sign", "natural", "qsgd"])
 def test_payload_is_uint8_and_its_size_matches_wire_bytes(name):
     comp = build_compressor(name, 0)
     for numel in (1, 17, 4096):

@@ -1,7 +1,7 @@
 """Gradient compressors, one registry: `hvdat train --compression NAME`.
 
 Each entry builds a Horovod-style compressor (`compress(t) -> (payload, ctx)`, `decompress(payload, ctx) -> t`).
-`none` and `fp16` are Horovod's own (allreduce); `sign`, `ef-sign` and `natural` are packed into uint8 payloads
+`none` and `fp16` are Horovod's own (allreduce); `sign`, `ef-sign`, `natural` and `qsgd` are packed into uint8 payloads
 that travel through `hvd.allgather` (see `hvdat.runtime.distributed_optimizer`). The codecs are pure maths (numpy
 and torch); Horovod is imported only when `none`/`fp16` are built.
 """
@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence, Union
 from ..registry import Registry
 from .ef_sign import EFSignCompressor
 from .natural import NaturalCompressor
+from .qsgd import BY_BITS as QSGD_BY_BITS
 from .sign import SignCompressor
 
 Shape = Union[int, Sequence[int]]  # a bare int is a 1-D tensor of that many elements
@@ -42,7 +43,24 @@ class CompressorSpec:
         return self.codec is not None
 
 
-COMPRESSORS: Registry[CompressorSpec] = Registry("compression")
+def _qsgd_spec(bits: int) -> CompressorSpec:
+    codec = QSGD_BY_BITS[bits]
+    name = "qsgd" if bits == 8 else f"qsgd{bits}"
+    doc = (
+        "DAT's quantizer: unbiased stochastic rounding of |g|/||g||_2 to 127 levels, one byte per element (level "
+        "and sign) + one fp32 norm per tensor (allgather); qsgd4 / qsgd2: 4 or 2 bits per element"
+        if bits == 8
+        else f"DAT's quantizer with {bits} bits per element ({codec.levels()} levels and a sign) + one fp32 norm"
+    )
+    return CompressorSpec(name, bits, doc, lambda shape: codec.wire_bytes(numel(shape)), codec=codec)
+
+
+_QSGD_VARIANTS = {f"qsgd{bits}": _qsgd_spec(bits) for bits in QSGD_BY_BITS if bits != 8}
+
+
+COMPRESSORS: Registry[CompressorSpec] = Registry(
+    "compression", fallback=_QSGD_VARIANTS.get, extra_hint=" (or qsgd4, qsgd2: qsgd with 4 or 2 bits)"
+)
 
 
 COMPRESSORS.add(
@@ -86,6 +104,8 @@ COMPRESSORS.add(
         codec=NaturalCompressor,
     ),
 )
+COMPRESSORS.add("qsgd", _qsgd_spec(8))  # its other widths (qsgd4, qsgd2) are names outside the registry's list,
+# so that suites parametrized over every compressor run the quantizer once
 
 
 def wire_bytes(name: str, shapes: Iterable[Shape]) -> int:
