@@ -1,8 +1,8 @@
-"""Optimizers, one registry: SGD, LAMB (DAT's layer-wise adaptive LR) and LARS.
+"""Optimizers, one registry: SGD, LAMB, DAT's own LAMB and LARS.
 
-LAMB and LARS rescale each layer's update by a trust ratio ||w|| / ||update||. As in You et al. (2020) and DAT,
-BN parameters and biases get neither weight decay nor the trust ratio: `param_groups` puts them in a group with
-`weight_decay=0, adapt=False`.
+LAMB and LARS rescale each layer's update by a trust ratio ||w|| / ||update||. As in You et al. (2020), BN
+parameters and biases get neither weight decay nor the trust ratio: `param_groups` puts them in a group with
+`weight_decay=0, adapt=False`. `dat-lamb` is the LAMB of DAT's code instead (see `DatLamb`).
 """
 
 from __future__ import annotations
@@ -128,6 +128,55 @@ class Lars(torch.optim.Optimizer):
         return loss
 
 
+class DatLamb(torch.optim.Optimizer):
+    """The LAMB of DAT's code (dat-2022/dat lamb.py, itself cybertronai/pytorch-lamb), which differs from `Lamb`:
+
+    * no bias correction: step = m / (sqrt(v) + eps), with m, v Adam's moments as they are;
+    * weight decay added to that step, and the trust ratio min(||w||, 10) / ||step|| applied, on every tensor
+      (biases and BN parameters too): ||w|| is clamped to [0, 10], not the ratio; the ratio is 1 where ||w|| or
+      ||step|| is 0;
+    * w <- w - lr * ratio * step.
+
+    DAT trains it with weight_decay 1e-4, betas (0.9, 0.999), eps 1e-6 (its defaults)."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: Tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+        max_weight_norm: float = 10.0,
+    ):
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_weight_norm=max_weight_norm)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                update = m / v.sqrt().add_(group["eps"])
+                if group["weight_decay"]:
+                    update.add_(p, alpha=group["weight_decay"])
+                w_norm, u_norm = p.norm().clamp(0, group["max_weight_norm"]), update.norm()
+                ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
+                p.sub_(update.mul_(ratio), alpha=group["lr"])  # a tensor multiply: no host sync on a GPU
+        return loss
+
+
 def _trust_ratio(p: torch.Tensor, update: torch.Tensor, max_trust: float) -> torch.Tensor:
     w_norm, u_norm = p.norm(), update.norm()
     ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
@@ -148,6 +197,16 @@ OPTIMIZERS.add(
     "lamb",
     OptimizerSpec(
         "lamb", lambda g, lr, mom, wd, nest: Lamb(g, lr=lr), "LAMB: DAT's layer-wise adaptive LR (LALR) on Adam"
+    ),
+)
+OPTIMIZERS.add(
+    "dat-lamb",
+    OptimizerSpec(
+        "dat-lamb",
+        lambda g, lr, mom, wd, nest: DatLamb(
+            [{"params": [p for group in g for p in group["params"]]}], lr=lr, weight_decay=wd
+        ),
+        "DAT's own LAMB: no bias correction, weight decay and the trust ratio on every tensor, ||w|| clamped to 10",
     ),
 )
 OPTIMIZERS.add(

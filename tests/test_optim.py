@@ -40,7 +40,7 @@ def test_lamb_applies_the_trust_ratio_per_layer():
 @pytest.mark.parametrize("name", OPTIMIZERS.names())
 def test_every_optimizer_reduces_a_simple_loss(name):
     model = small_model()
-    lr = {"sgd": 0.05, "lamb": 0.01, "lars": 1.0}[name]
+    lr = {"sgd": 0.05, "lamb": 0.01, "dat-lamb": 0.01, "lars": 1.0}[name]
     opt = build_optimizer(name, model, lr, 0.9, 5e-4, False)
     x, y = torch.rand(32, 1, 16, 16), torch.randint(0, 10, (32,))
     losses = []
