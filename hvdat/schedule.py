@@ -6,7 +6,8 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .registry import Registry
 
@@ -36,6 +37,58 @@ def onecycle(progress: float, milestones: Sequence[float]) -> float:
     """Triangular one-cycle (Smith 2018; fast-AT's schedule): 0 -> peak at 40% -> 0."""
     peak = 0.4
     return progress / peak if progress < peak else max(0.0, (1.0 - progress) / (1.0 - peak))
+
+
+@SCHEDULES.register("accelat")
+def accelat(progress: float, milestones: Sequence[float]) -> float:
+    """AccelAT (Nikfam et al. 2022): constant, cut by 0.8 when the robust accuracy stalls (AccelatCuts, per epoch)."""
+    return 1.0
+
+
+@dataclass
+class AccelatCuts:
+    """AccelAT's per-epoch LR cuts (farzadnikfam/AccelAT, function_callback.py's accelat_function with accelat.py's
+    values: window 5, cooldown 5, min gain 0.005, factor 0.8, floor 1e-6).
+
+    After each epoch the held-out robust accuracy is appended and the mean of the last `window` taken; when more
+    than `window` means came before, at least `cooldown` epochs passed since the last cut (the first needs no wait:
+    the authors' count starts at `cooldown`) and the mean rose by less than `min_gain` over the previous mean,
+    the LR is multiplied by `factor`. The LR never goes below `min_lr`. Fed rank-summed accuracies, every rank cuts
+    alike."""
+
+    window: int = 5
+    cooldown: int = 5
+    min_gain: float = 0.005
+    factor: float = 0.8
+    min_lr: float = 1e-6
+    accuracies: List[float] = field(default_factory=list)
+    means: List[float] = field(default_factory=list)
+    quiet: Optional[int] = None  # epochs since the last cut (None: `cooldown`, as the authors start it)
+    scale: float = 1.0  # the product of the cuts so far
+
+    def after_epoch(self, accuracy: float) -> bool:
+        """Feed one epoch's robust accuracy; True when the LR is cut from the next epoch on."""
+        self.accuracies.append(float(accuracy))
+        mean = sum(self.accuracies[-self.window :]) / len(self.accuracies[-self.window :])
+        quiet = (self.cooldown if self.quiet is None else self.quiet) + 1
+        cut = len(self.means) > self.window and quiet > self.cooldown and mean - self.means[-1] < self.min_gain
+        if cut:
+            self.scale *= self.factor
+            quiet = 1
+        self.means.append(mean)
+        self.quiet = quiet
+        return cut
+
+    def apply(self, lr: float) -> float:
+        """The schedule's `lr` after the cuts, not below `min_lr` once cut."""
+        return lr if self.scale == 1.0 else max(lr * self.scale, self.min_lr)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: Dict[str, Any]) -> AccelatCuts:
+        return cls(**state)
 
 
 def scale_factor(global_batch: int, base_batch: int, rule: str) -> float:

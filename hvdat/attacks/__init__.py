@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from ..registry import Registry
-from .objectives import AttackParams, adversarial_ce, natural, trades
+from .objectives import AttackParams, adversarial_ce, deat_replay, free_replay, natural, trades
 from .pgd import madry_alpha, pgd, project, random_init
 
 
@@ -22,6 +22,10 @@ class AttackSpec:
     fixed_steps: Optional[int]  # FGSM variants always take one step
     random_start: bool
     doc: str
+    # the weights step at every replay of a minibatch (Free-AT, DEAT): the trainer runs the replays; `objective`
+    # is the loss of the first one
+    replayed: bool = False
+    max_replays: int = 0  # DEAT variants: the most replays per minibatch (--deat-max-k 0)
 
     def params(
         self,
@@ -85,6 +89,51 @@ for _spec in (
         None,
         False,
         "TRADES (Zhang et al. 2019): CE(clean) + beta*KL(adv||clean), k-step KL attack",
+    ),
+    AttackSpec(
+        "free",
+        free_replay,
+        lambda eps, steps: eps,
+        ("linf",),
+        1,
+        False,
+        "Free-AT (Shafahi et al. 2019): each minibatch replayed --replays times, every replay one weight step and "
+        "one eps step of a perturbation carried across minibatches",
+        replayed=True,
+    ),
+    AttackSpec(
+        "deat",
+        deat_replay,
+        lambda eps, steps: 1.5 * eps,
+        ("linf",),
+        1,
+        True,
+        "M+DEAT (Wang & Ruan): K replays per minibatch from a uniform start, each a weight step and an alpha "
+        "step (default 1.5*eps); K grows when the epoch's input-gradient magnitude rises (up to 8)",
+        replayed=True,
+        max_replays=8,
+    ),
+    AttackSpec(
+        "deat-d",
+        deat_replay,
+        lambda eps, steps: 1.25 * eps,
+        ("linf",),
+        1,
+        True,
+        "DEAT-d: as deat, K = epoch // --deat-delay + 1 (up to 5)",
+        replayed=True,
+        max_replays=5,
+    ),
+    AttackSpec(
+        "deat-p",
+        deat_replay,
+        lambda eps, steps: 1.25 * eps,
+        ("linf",),
+        1,
+        True,
+        "DEAT-p: as deat, K += 1 after an epoch whose train accuracy exceeds --deat-acc (up to 4)",
+        replayed=True,
+        max_replays=4,
     ),
 ):
     ATTACKS.add(_spec.name, _spec)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .pgd import pgd
+from .replay import replay_loss, uniform_start
 
 ModeFactory = Callable[[], ContextManager]
 
@@ -56,6 +57,16 @@ def adversarial_ce(model, x, y, params: AttackParams, generator, attack_mode: Op
         return params.clean_weight * F.cross_entropy(clean, y) + F.cross_entropy(adv, y), adv
     logits = model(x_adv)
     return F.cross_entropy(logits, y), logits
+
+
+def free_replay(model, x, y, params: AttackParams, generator, attack_mode: Optional[ModeFactory] = None):
+    """One Free-AT replay of a fresh run (its carried perturbation starts at zero); the trainer replays it."""
+    return replay_loss(model, x, torch.zeros_like(x), y)
+
+
+def deat_replay(model, x, y, params: AttackParams, generator, attack_mode: Optional[ModeFactory] = None):
+    """DEAT's first replay of a minibatch: CE at a uniform start in the eps-ball; the trainer replays it."""
+    return replay_loss(model, x, uniform_start(x, params.eps, generator), y)
 
 
 def _kl_sum(logits: torch.Tensor, p_clean: torch.Tensor) -> torch.Tensor:

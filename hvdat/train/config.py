@@ -81,6 +81,15 @@ class TrainConfig(FrozenConfig):
     random_start: bool = option(True, "Start PGD from a random point in the eps-ball.", ATTACK)
     trades_beta: float = option(6.0, "TRADES' robustness weight.", ATTACK)
     clean_weight: float = option(0.0, "DAT's mixed loss: λ·CE(clean) + CE(adv).", ATTACK)
+    replays: int = option(
+        8, "Free-AT: replays of each minibatch (m); --epochs counts passes, the LR runs over epochs x m steps.", ATTACK
+    )
+    deat_max_k: int = option(0, "DEAT: most replays per minibatch (0: deat 8, deat-d 5, deat-p 4).", ATTACK)
+    deat_gamma: float = option(
+        1.0, "M+DEAT: K grows when an epoch's gradient magnitude exceeds gamma x the last.", ATTACK
+    )
+    deat_delay: int = option(3, "DEAT-d: epochs per extra replay.", ATTACK)
+    deat_acc: float = option(0.4, "DEAT-p: train accuracy above which K grows.", ATTACK)
     attack_bn: str = option(
         "train", "BatchNorm during the attack: train (batch stats, running stats frozen) or eval.", ATTACK
     )
@@ -99,6 +108,11 @@ class TrainConfig(FrozenConfig):
     weight_decay: float = option(5e-4, "Weight decay (not on BN or biases).", OPTIM)
     schedule: str = option("cosine", _names("LR schedule after warm-up", SCHEDULES), OPTIM)
     warmup_epochs: float = option(0.0, "Linear LR warm-up epochs.", OPTIM)
+    accelat_window: int = option(5, "--schedule accelat: epochs of robust accuracy averaged.", OPTIM)
+    accelat_cooldown: int = option(5, "--schedule accelat: epochs after a cut before the next.", OPTIM)
+    accelat_min_gain: float = option(0.005, "--schedule accelat: a mean gain below this cuts the LR.", OPTIM)
+    accelat_factor: float = option(0.8, "--schedule accelat: LR multiplier at each cut.", OPTIM)
+    accelat_min_lr: float = option(1e-6, "--schedule accelat: the LR's floor.", OPTIM)
     milestones: Tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of training where lr drops 10x
     # system
     compression: str = option("none", _documented("Gradient compression", COMPRESSORS), CLUSTER)
@@ -158,6 +172,7 @@ class TrainConfig(FrozenConfig):
                 "use --amp bf16 (no loss scaling), or --compression sign/natural",
             )
         SCHEDULES.get(self.schedule)
+        self._validate_methods(spec)
         if self.norm not in spec.norms:
             raise UsageError(
                 f"attack {self.attack!r} does not support norm {self.norm!r}", f"use --norm {' or '.join(spec.norms)}"
@@ -215,6 +230,24 @@ class TrainConfig(FrozenConfig):
             splits = load_splits(self.dataset, self.data_dir, train_samples=1, test_samples=1)
             check_file(self.extra_data, splits.shape, splits.num_classes)
         return self
+
+    def _validate_methods(self, spec) -> None:
+        """Free-AT, DEAT and AccelAT's own settings."""
+        if spec.replayed:
+            _positive("--replays", self.replays)
+            if self.deat_max_k < 0 or self.deat_gamma <= 0:
+                raise UsageError("--deat-max-k must be >= 0 and --deat-gamma positive")
+            _positive("--deat-delay", self.deat_delay)
+            if self.amp == "fp16":  # the input gradient would come loss-scaled out of the weights' backward
+                raise UsageError(f"--attack {self.attack} cannot run under --amp fp16", "use --amp bf16 or none")
+        if self.schedule == "accelat":
+            if not self.eval_samples:
+                raise UsageError(
+                    "--schedule accelat cuts the LR from the per-epoch robust accuracy", "set --eval-samples above 0"
+                )
+            _positive("--accelat-window", self.accelat_window)
+            if self.accelat_cooldown < 0 or not 0 < self.accelat_factor <= 1 or self.accelat_min_lr < 0:
+                raise UsageError("--accelat-cooldown must be >= 0, --accelat-factor in (0, 1], --accelat-min-lr >= 0")
 
 
 def _positive(name: str, value: int) -> None:

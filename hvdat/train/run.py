@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ..attacks import ATTACKS
 from ..errors import UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import make_dir
@@ -130,6 +131,11 @@ def prepare_training(config: TrainConfig, spec: LaunchSpec, dry_run: bool = Fals
     nothing."""
     config.validate()
     validate(spec)
+    if spec.elastic and (config.schedule == "accelat" or ATTACKS.get(config.attack).replayed):
+        raise UsageError(  # their state (the carried perturbation, K, the cuts) does not travel in hvd.elastic's
+            f"--attack {config.attack} --schedule {config.schedule} does not run elastic yet",
+            "drop --min-np/--max-np, or use another --attack/--schedule",
+        )
     # the static worker stops after an agreed step on SIGTERM (elastic ones are ended by horovodrun)
     worker = ELASTIC_WORKER if spec.elastic else WORKER
     launch = build_launch(spec, worker, Path(config.out) / CONFIG_FILE, graceful=not spec.elastic)

@@ -21,13 +21,14 @@ from ..data import UInt8Images, batches
 from ..runtime import checkpoint
 from ..runtime.seeds import seed_for
 from ..runtime.world import World
-from ..schedule import lr_at
+from ..schedule import AccelatCuts, lr_at
 from .attack_choice import TrainingAttack
 from .co_guard import CollapseGuard
 from .config import TrainConfig
 from .inputs import TrainInputs
 from .learner import Learner, peak_lr
 from .position import Position
+from .replay import Replays, agree
 from .run_folder import METRICS
 
 PROGRESS_EVERY_S = 0.5
@@ -49,6 +50,9 @@ class Trainer:
         self.attack_mode = attack_mode(self.learner.model, cfg.attack_bn)
         self.position = Position()
         self.guard = CollapseGuard(cfg) if cfg.co_guard else None
+        # Free-AT's and DEAT's replays, AccelAT's LR cuts: state that checkpoints carry
+        self.replays = Replays.build(cfg, world, cfg.batch_size, tuple(self.inputs.splits.shape))
+        self.lr_cuts = accelat_cuts(cfg) if cfg.schedule == "accelat" else None
         if cfg.resume:
             # rank 0 reads the file; every rank gets the same state (no shared filesystem needed)
             state = checkpoint.load(self.out / checkpoint.LAST, arch=cfg.arch) if world.rank == 0 else None
@@ -112,6 +116,8 @@ class Trainer:
             "hvdat_version": __version__,
             "attack": self.attack.state_dict(),
             "co_guard": self.guard.state_dict() if self.guard is not None else None,
+            "replays": self.replays.state_dict() if self.replays is not None else None,
+            "accelat": self.lr_cuts.state_dict() if self.lr_cuts is not None else None,
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -123,6 +129,10 @@ class Trainer:
             self.attack = TrainingAttack.from_state(state["attack"])
         if self.guard is not None and state.get("co_guard"):
             self.guard.load_state_dict(state["co_guard"])
+        if self.replays is not None and state.get("replays"):
+            self.replays.load_state_dict(state["replays"])
+        if self.lr_cuts is not None and state.get("accelat"):
+            self.lr_cuts = AccelatCuts.from_state(state["accelat"])
 
     def rank_state_dict(self, with_buffers: bool = False) -> Dict[str, Any]:
         """This rank's own state: its compressor's (EF residuals, RNG) and, mid-epoch, its BN statistics (per rank
@@ -130,6 +140,8 @@ class Trainer:
         own: Dict[str, Any] = {"rank": self.world.rank, "world_size": self.world.size, "step": self.position.step}
         if self.learner.has_rank_state:
             own["compression"] = self.learner.compressor.state_dict()
+        if self.replays is not None:
+            own["replays"] = self.replays.rank_state_dict()
         if with_buffers:
             own["buffers"] = {
                 name: b.detach().cpu() for name, b in self.learner.model.named_buffers() if b.is_floating_point()
@@ -140,6 +152,10 @@ class Trainer:
         """`own`: this rank's state from a run of this world size, continued as it was. `everyone`: every rank's,
         from a run of another size: the compressor decides (ef-sign takes the mean of the residuals)."""
         compressor = self.learner.compressor
+        if self.replays is not None:
+            self.replays.load_rank_state(
+                own.get("replays") if own is not None else None, [s["replays"] for s in everyone if s.get("replays")]
+            )
         if own is not None:
             if own.get("compression") is not None:
                 compressor.load_state_dict(own["compression"])
@@ -163,7 +179,7 @@ class Trainer:
     def save(self, improved: bool, with_buffers: bool = False) -> None:
         """Collective: every rank writes its own shard (when it has one), then rank 0 the checkpoint that names them."""
         shards = 0
-        if self.learner.has_rank_state or (with_buffers and self.world.size > 1):
+        if self.has_rank_state or (with_buffers and self.world.size > 1):
             checkpoint.save_rank_state(self.out, self.world.rank, self.rank_state_dict(with_buffers))
             shards = self.world.size
         self.world.barrier()  # every shard is on disk before last.pt names them
@@ -174,24 +190,22 @@ class Trainer:
         if improved:
             checkpoint.save_atomic(state, self.out / checkpoint.BEST)
 
+    @property
+    def has_rank_state(self) -> bool:
+        """Whether each rank has state of its own to checkpoint (ef-sign's residuals, Free-AT's perturbation)."""
+        replays = self.replays is not None and self.replays.rank_state_dict() is not None
+        return self.learner.has_rank_state or replays
+
     # --- steps --------------------------------------------------------------------------------------------------
     def train_step(
         self, x: torch.Tensor, y: torch.Tensor, attack_gen: torch.Generator, position: float
     ) -> Tuple[float, int]:
         """One optimiser step on an adversarial batch at schedule `position`; returns (summed loss, correct
         predictions)."""
-        cfg, learner = self.cfg, self.learner
-        learner.set_lr(
-            lr_at(
-                position,
-                self.steps_per_epoch,
-                cfg.epochs,
-                self.peak_lr,
-                cfg.schedule,
-                cfg.warmup_epochs,
-                cfg.milestones,
-            )
-        )
+        learner = self.learner
+        if self.replays is not None and self.attack.spec.replayed:
+            return self.replays.train_batch(self, x, y, attack_gen, self.position.epoch, position)
+        learner.set_lr(self.lr_for(position, self.steps_per_epoch))
         with learner.autocast():
             loss, logits = self.attack.spec.objective(
                 learner.forward_model, x, y, self.attack.params, attack_gen, self.attack_mode
@@ -199,6 +213,12 @@ class Trainer:
         learner.step(loss)
         self.position.step += 1
         return loss.item() * len(y), (logits.argmax(1) == y).sum().item()
+
+    def lr_for(self, position: float, steps_per_epoch: int) -> float:
+        """The LR at schedule `position` (in steps of `steps_per_epoch`), after AccelAT's cuts."""
+        cfg = self.cfg
+        lr = lr_at(position, steps_per_epoch, cfg.epochs, self.peak_lr, cfg.schedule, cfg.warmup_epochs, cfg.milestones)
+        return self.lr_cuts.apply(lr) if self.lr_cuts is not None else lr
 
     def sync_buffers(self) -> None:
         """Average BN running statistics over ranks. Each rank's come from its own shard; averaging makes the model
@@ -228,6 +248,8 @@ class Trainer:
             loss_sum, correct, seen = loss_sum + batch_loss, correct + batch_correct, seen + len(y)
             if after_step is not None and after_step(i + 1, [loss_sum, correct, seen]):
                 position.batch, position.partial = i + 1, world.allreduce_sum([loss_sum, correct, seen])
+                if self.replays is not None:
+                    self.replays.carry()
                 return None
             now = time.perf_counter()
             if world.rank == 0 and (now - last_report >= PROGRESS_EVERY_S or i + 1 == self.steps_per_epoch):
@@ -247,7 +269,11 @@ class Trainer:
         loss_sum, correct, seen = world.allreduce_sum([loss_sum, correct, seen])
         metrics = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
         position.batch, position.partial = 0, [0.0, 0.0, 0.0]
+        if self.replays is not None and self.attack.spec.replayed:
+            metrics.update(self.replays.end_epoch(epoch, metrics["train_acc"]))
         metrics.update(self.evaluate())
+        if self.lr_cuts is not None:
+            metrics.update(self.cut_lr(metrics["test_robust_acc"]))
         bytes_sent = self.learner.bytes_sent_per_step()
         metrics.update(
             images_per_sec=(seen - carried) / train_seconds,
@@ -262,6 +288,13 @@ class Trainer:
         )
         position.epoch = epoch + 1
         return metrics
+
+    def cut_lr(self, robust_acc: Optional[float]) -> Dict[str, Any]:
+        """AccelAT's decision after an epoch, from the (rank-summed) robust accuracy on held-out data."""
+        cuts = self.lr_cuts
+        cut = cuts.after_epoch(robust_acc if robust_acc is not None else 0.0)
+        agree(self.world, "AccelAT's LR cuts", cuts.state_dict())
+        return {"accelat_mean": cuts.means[-1], "accelat_cut": cut, "lr_scale": cuts.scale}
 
     def evaluate(self) -> Dict[str, Any]:
         """Clean accuracy on the test split, PGD robust accuracy on its first --eval-samples; sharded over ranks."""
@@ -317,3 +350,9 @@ class Trainer:
         if self.guard is None:
             return metrics
         return {**metrics, **self.guard.after_epoch(self)}
+
+
+def accelat_cuts(cfg: TrainConfig) -> AccelatCuts:
+    return AccelatCuts(
+        cfg.accelat_window, cfg.accelat_cooldown, cfg.accelat_min_gain, cfg.accelat_factor, cfg.accelat_min_lr
+    )
