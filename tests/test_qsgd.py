@@ -1,6 +1,7 @@
 """DAT's quantizer (`--compression qsgd`, qsgd4, qsgd2): its statistics, its byte layout, its aggregate, its state,
-unit by unit. Real Horovod: every width trains bit-identically on 3 ranks in test_compression_horovod.py's job, and
-the listed `qsgd` stops and resumes exactly in test_signals.py, with every registered compressor."""
+unit by unit. Real Horovod: every width trains bit-identically on 3 ranks, its bytes counted, in
+test_compression_horovod.py's job. Its per-rank state is natural's random stream, whose stop/resume test_signals.py
+runs (not again for qsgd)."""
 
 from __future__ import annotations
 

@@ -44,7 +44,9 @@ def _same(a, b) -> bool:
     return a == b
 
 
-@pytest.mark.parametrize("compression", COMPRESSORS.names())
+# qsgd's per-rank state is natural's random stream (the same object inside it; tests/test_qsgd.py checks that a
+# restored one draws the same bytes), so its ~1-minute stop/resume case would repeat natural's
+@pytest.mark.parametrize("compression", [name for name in COMPRESSORS.names() if name != "qsgd"])
 def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path, compression):
     """For every compressor: its per-rank state (ef-sign's residuals and momentum, natural's RNG) and the LR it
     applies after the optimizer's state is loaded must continue exactly where the stopped run left them."""
