@@ -1,4 +1,4 @@
-"""Experiment 3, gradient compression on 2 workers: none / fp16 / ef-sign / natural / sign.
+"""Experiment 3, gradient compression on 2 workers: none / fp16 / ef-sign / natural / sign / qsgd (DAT's quantizer).
 
 Reports clean and PGD-20 accuracy, gradient bytes per step and worker (counted exactly), and the training step
 time without shaping and, with --bandwidth (e.g. 1gbit; needs root and iproute2), with the two workers' link shaped
@@ -14,7 +14,7 @@ import time
 
 import common
 
-COMPRESSORS = ("none", "fp16", "ef-sign", "natural", "sign")
+COMPRESSORS = ("none", "fp16", "ef-sign", "natural", "sign", "qsgd")  # also qsgd4, qsgd2 via --compressors
 
 
 def shaped_train(rate: str, run, args):

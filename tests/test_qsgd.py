@@ -11,7 +11,7 @@ import struct
 import pytest
 import torch
 
-from hvdat.compression import COMPRESSORS, wire_bytes
+from hvdat.compression import COMPRESSORS, packing, wire_bytes
 from hvdat.errors import UsageError
 from hvdat.runtime.horovod_compression import build_compressor
 
@@ -93,3 +93,11 @@ def test_only_the_8_bit_qsgd_is_listed_and_other_widths_are_one_line_errors():
     assert "qsgd4" in COMPRESSORS and "qsgd2" in COMPRESSORS
     with pytest.raises(UsageError, match="qsgd4, qsgd2"):
         COMPRESSORS.get("qsgd3")
+
+
+def test_the_torch_kernels_a_gpu_runs_give_the_same_bytes(monkeypatch):
+    """On CUDA the random bits come from natural's torch hash, on CPU from its numpy twin: the same payload."""
+    x = torch.randn(3000) * 0.1
+    host = build_compressor("qsgd", 11).compress(x, name="w")[0]
+    monkeypatch.setattr(packing, "NUMPY_ON_CPU", False)
+    assert torch.equal(build_compressor("qsgd", 11).compress(x, name="w")[0], host)
