@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -103,3 +105,21 @@ def test_free_at_perturbation_stays_in_the_eps_ball_and_the_image_box():
         inside = (x == 0.5) & ((before[:n] + eps * grad.sign()).abs() <= eps)
         assert torch.allclose(buffer[:n][inside], (before[:n] + eps * grad.sign())[inside])
     assert buffer[:, :, :2].abs().max() == pytest.approx(eps)  # it did move (to the ball's edge)
+
+
+@pytest.mark.parametrize(
+    "settings, fragment",
+    [
+        ({"attack": "free", "norm": "l2", "eps": 0.5}, "does not support norm 'l2'"),
+        ({"attack": "deat", "amp": "fp16"}, "--amp fp16"),
+        ({"attack": "free", "replays": 0}, "--replays must be >= 1"),
+        ({"schedule": "accelat", "eval_samples": 0}, "--eval-samples"),
+        ({"schedule": "accelat", "accelat_factor": 1.5}, "--accelat-factor"),
+    ],
+)
+def test_method_settings_are_checked_up_front(settings, fragment):
+    from hvdat.errors import UsageError
+    from hvdat.train.config import TrainConfig
+
+    with pytest.raises(UsageError, match=re.escape(fragment)):
+        TrainConfig(**settings).validate()
