@@ -17,6 +17,7 @@ from ..launch.spec import ELASTIC_OPTIONS
 from .app import app, err, out
 from .options import DryRun, Json, JsonEventsFlag, json_modes, with_options
 from .progress import EvalProgress
+from .slurm import slurm_hosts
 
 
 @app.command("eval")
@@ -32,6 +33,7 @@ def eval_command(
     """Evaluate robustness with AutoAttack, PGD, CW, FGSM, ... sharded over Horovod ranks."""
     from ..eval.run import eval_launch, prepare, run_eval
 
+    spec = slurm_hosts(spec)
     cfg = prepare(target, request.replace(np=spec.np))
     launch = eval_launch(cfg, spec)
     if dry_run:

@@ -17,6 +17,7 @@ from ..train.run_folder import CONFIG_FILE
 from .app import app, err, out
 from .options import DryRun, Json, JsonEventsFlag, given, json_modes, rebase, with_options
 from .progress import TrainProgress, epochs_table
+from .slurm import slurm_hosts
 
 STOPPED_EXIT_CODE = 130  # as for Ctrl-C: the run is not finished, but nothing went wrong
 
@@ -51,6 +52,7 @@ def train(
     """Train a model with adversarial examples on one machine or a Horovod cluster."""
     from ..train.run import prepare_training, run_training
 
+    spec = slurm_hosts(spec)
     config = config.replace(np=spec.np)
     if saved is not None:
         config, spec = from_saved(saved, config, spec)

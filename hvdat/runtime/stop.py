@@ -1,7 +1,9 @@
 """Graceful stop on SIGTERM/SIGINT: the signal only sets a flag; the ranks agree after each step to stop together.
 
 Horovod gives a worker 5 s between SIGTERM and SIGKILL (horovodrun's safe_shell_exec), so the step in flight
-finishes, rank 0 writes a checkpoint with the batch position, and every rank exits 0. A second signal kills at once.
+finishes, rank 0 writes a checkpoint with the batch position, and every rank exits 0. A second signal kills at once,
+except SIGTERM again: a scheduler signals every process of a job (Slurm's scancel, preemption), and hvdat and
+horovodrun pass the same stop on, so one stop arrives several times.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class StopSignal:
         return stop
 
     def _handle(self, signum, frame) -> None:
+        if signum == self.signum == signal.SIGTERM:
+            return
         if self.signum:  # second signal: no more grace
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)

@@ -173,7 +173,9 @@ def run_training(
         if board is not None:
             board.close()
     outcome = TrainOutcome(out=str(run_dir), epochs=found["epoch"])
-    if found["stopped"] and result.returncode == 0:
+    # "stopped" comes after every rank's shard and last.pt are on disk: the run is resumable even when horovodrun
+    # then fails because a scheduler signalled its shells around the workers too (Slurm's scancel signals them all)
+    if found["stopped"]:
         outcome.stopped = found["stopped"][-1]
         return outcome
     raise_for_failure(result, "training", log_path)
