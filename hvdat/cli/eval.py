@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Tuple
 
 import typer
 from rich.table import Table
@@ -23,18 +23,37 @@ from .slurm import slurm_hosts
 @app.command("eval")
 @with_options(spec=ELASTIC_OPTIONS)
 def eval_command(
-    target: Annotated[Path, typer.Argument(help="A run directory (uses best.pt, else last.pt) or a checkpoint.")],
     request: EvalConfig,
     spec: LaunchSpec,
+    target: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="The model: a run directory (best.pt, else last.pt) or hvdat checkpoint; a TorchScript or "
+            "torch.export file; package.module:factory (with --weights, --model-args); a torchvision name with "
+            "--weights; a RobustBench checkpoint MODEL_DIR/DATASET/THREAT/NAME.pt.",
+            show_default=False,
+        ),
+    ] = None,
+    compare: Annotated[
+        Optional[Tuple[Path, Path]],
+        typer.Option(help="Compare two reports point by point (A.json B.json) instead of evaluating.", metavar="A B"),
+    ] = None,
     dry_run: DryRun = False,
     as_json: Json = False,
     json_events: JsonEventsFlag = False,
 ) -> None:
-    """Evaluate robustness with AutoAttack, PGD, CW, FGSM, ... sharded over Horovod ranks."""
+    """Evaluate robustness with AutoAttack, PGD, CW, FGSM, ... sharded over Horovod ranks; or compare two reports."""
+    from ..errors import UsageError
     from ..eval.run import eval_launch, prepare, run_eval
 
+    if compare is not None:
+        compare_command(*compare, as_json)
+        return
+    if target is None:
+        raise UsageError("missing TARGET, the model to evaluate", "see hvdat eval --help")
+
     spec = slurm_hosts(spec)
-    cfg = prepare(target, request.replace(np=spec.np))
+    cfg = prepare(Path(target), request.replace(np=spec.np))
     launch = eval_launch(cfg, spec)
     if dry_run:
         out.print(launch.display(), highlight=False, soft_wrap=True)
@@ -66,6 +85,30 @@ def eval_command(
                     highlight=False,
                 )
     err.print(f"[dim]report: {cfg.out}[/]", highlight=False)
+
+
+def compare_command(a: Path, b: Path, as_json: bool) -> None:
+    from ..eval.compare import compare_reports, load_report
+
+    result = compare_reports(load_report(a), load_report(b))
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    for entry in result["sweep"]:
+        table = Table(
+            title=f"{a} (A) vs {b} (B), eps {entry['eps']:.4g}: {entry['compared']} examples, "
+            f"robust {entry['robust_a']} vs {entry['robust_b']}, {entry['disagree']} disagree"
+        )
+        for column in ("index", "label", "A: broken by", "B: broken by"):
+            table.add_column(column, justify="right")
+        for row in entry["examples"]:
+            table.add_row(str(row["index"]), str(row["label"]), str(row["a"] or "robust"), str(row["b"] or "robust"))
+        out.print(table)
+        stages = ", ".join(f"{s} {n}" for s, n in entry["stage_disagreements"].items())
+        out.print(f"disagreements after each stage: {stages}", highlight=False)
+    if result["only_in_a"] or result["only_in_b"]:
+        out.print(f"examples in one report only: A {result['only_in_a']}, B {result['only_in_b']}", highlight=False)
+    out.print("identical per-example results" if result["identical"] else "the reports disagree", highlight=False)
 
 
 def report_table(report: Dict[str, Any]) -> Table:

@@ -1,5 +1,12 @@
-"""Evaluation work in fixed chunks (the unit of work and of reproducibility), which chunks a rank computes, and the
-store of finished chunks that makes an evaluation resumable."""
+"""Evaluation work in fixed chunks (the unit of work and of reproducibility): their default size, the queue that hands
+them out to the ranks, and the store of finished chunks that makes an evaluation resumable.
+
+Chunk boundaries depend on the example count and the model's size only, never on --np or on which rank runs a
+chunk: each chunk runs the whole cascade seeded by --seed alone, so its per-example results are the same whoever
+computes it, in whatever order. (AutoAttack's own per-example results do depend on the batch an example sits in:
+APGD's random start and Square's draws are taken per batch position. So a chunk equals the reference
+`run_standard_evaluation` on the same examples with `bs` = the chunk's size, and another chunking may differ on
+borderline points.)"""
 
 from __future__ import annotations
 
@@ -7,7 +14,9 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
 
 from .. import __version__
 from .cascade import ChunkResult, EpsResult
@@ -21,6 +30,85 @@ def chunk_bounds(n_examples: int, batch_size: int) -> List[Tuple[int, int]]:
 
 def chunks_of_rank(n_chunks: int, rank: int, size: int) -> List[int]:
     return list(range(rank, n_chunks, size))
+
+
+# A chunk should hold enough work per forward pass that the per-call overhead (Python, the attack's bookkeeping,
+# a small batch's poor kernel use: about 1 ms per attack iteration, and AutoAttack runs ~7000 iterations per chunk
+# on its survivors) is small next to the maths: about this many forward FLOPs per batch.
+CHUNK_FLOPS = 4e9
+MIN_CHUNK, MAX_CHUNK = 16, 500
+
+
+def default_chunk_size(n_examples: int, flops_per_example: int) -> int:
+    """Examples per chunk from the example count and the model's forward FLOPs per example, never from --np:
+    chunks of about CHUNK_FLOPS of forward work (16 to 500 examples; a tiny model gets few large chunks, a large
+    model many small ones that the queue balances), an even number of them (two ranks share them evenly), of
+    equal size."""
+    target = min(MAX_CHUNK, max(MIN_CHUNK, int(CHUNK_FLOPS // max(flops_per_example, 1))))
+    count = -(-n_examples // target)
+    count += count % 2 if n_examples >= 2 * MIN_CHUNK else 0
+    return max(1, -(-n_examples // count))
+
+
+def examples(test, start: int, stop: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Test examples [start, stop) as a [0,1] float batch and their labels."""
+    from ..data import UInt8Images
+
+    if isinstance(test, UInt8Images):
+        return test.images[start:stop].to(device).float().div_(255), test.labels[start:stop].to(device)
+    items = [test[i] for i in range(start, stop)]
+    return torch.stack([x for x, _ in items]).to(device), torch.tensor([int(y) for _, y in items], device=device)
+
+
+QUEUE_DIR = "queue"
+
+
+class ChunkQueue:
+    """Chunks handed out one at a time, first come first served: a counter in a file that every rank increments
+    under an exclusive lock (fcntl.flock), so a slow rank or host takes fewer chunks instead of holding the rest.
+    The file's name is fresh for each run (a nonce from rank 0), so a killed run's counter is never reused; the
+    chunks to do are the same list on every rank (resumed chunks are left out before it is built)."""
+
+    def __init__(self, work_dir: Path, nonce: str, todo: Sequence[int]):
+        self.path = Path(work_dir) / QUEUE_DIR / f"{nonce}.counter"
+        self.todo = list(todo)
+
+    @staticmethod
+    def create(work_dir: Path, nonce: str) -> None:
+        """Rank 0, before the others look: clear old counters and start this run's at 0."""
+        folder = Path(work_dir) / QUEUE_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("*.counter"):
+            old.unlink(missing_ok=True)
+        (folder / f"{nonce}.counter").write_text("0")
+
+    def visible(self) -> bool:
+        return self.path.is_file()
+
+    def __iter__(self) -> Iterator[int]:
+        while True:
+            chunk = self.take()
+            if chunk is None:
+                return
+            yield chunk
+
+    def take(self) -> Optional[int]:
+        import fcntl
+
+        with open(self.path, "r+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            taken = int(handle.read().strip() or 0)
+            if taken >= len(self.todo):
+                return None
+            handle.seek(0)
+            handle.write(str(taken + 1))
+            handle.truncate()
+            handle.flush()
+            os.fsync(handle.fileno())
+        return self.todo[taken]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
 
 
 class ChunkStore:

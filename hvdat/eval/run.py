@@ -7,13 +7,13 @@ import json
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import UsageError
+from ..errors import JobFailed, UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import file_target, make_dir
-from ..runtime import checkpoint
 from ..tb_events import TB_DIR
+from .chunks import QUEUE_DIR
 from .config import EvalConfig
 from .plan import EVAL_ATTACKS, make_plan
 from .summary import headline
@@ -25,21 +25,6 @@ CONFIG_FILE = "config.json"
 WORKER = "hvdat.eval.worker"
 
 
-def resolve_checkpoint(target: Path) -> Path:
-    """A run directory (best.pt, else last.pt) or a checkpoint file."""
-    if target.is_dir():
-        for name in (checkpoint.BEST, checkpoint.LAST):
-            if (target / name).is_file():
-                return target / name
-        raise UsageError(
-            f"{target} holds no {checkpoint.BEST} or {checkpoint.LAST}",
-            "point at a run directory made by `hvdat train`, or at a checkpoint file",
-        )
-    if not target.exists():
-        raise UsageError(f"no run directory or checkpoint at {target}", "check the path")
-    return target
-
-
 def default_out(ckpt: Path, attack: str, version: str, norm: str) -> Path:
     name = attack + (f"-{version}" if attack == "autoattack" and version != "standard" else "")
     return ckpt.parent / EVAL_DIR / f"{name}-{norm}.json"
@@ -47,32 +32,88 @@ def default_out(ckpt: Path, attack: str, version: str, norm: str) -> Path:
 
 def prepare(target: Path, request: EvalConfig) -> EvalConfig:
     """Every check that can fail before anything is launched, in the order a user would fix them; returns the
-    resolved config (checkpoint, dataset, example count, report path, plan, fingerprint)."""
+    resolved config (target kind, dataset, example count, chunk size, report path, plan, fingerprint)."""
+    import os
+
+    import torch
+
     from ..data import load_splits
+    from .chunks import default_chunk_size, examples
+    from .targets import (
+        TARGET_KINDS,
+        build_eval_model,
+        detect_kind,
+        forward_flops,
+        hvdat_checkpoint_path,
+        read_files,
+        spec_of,
+    )
 
     EVAL_ATTACKS.get(request.attack)
-    ckpt = resolve_checkpoint(target)
-    state = checkpoint.load(ckpt)
-    plan = make_plan(
-        request.attack, request.version, request.norm, state["num_classes"], request.steps, request.restarts
-    )
-    if request.batch_size < 1:
+    kind = detect_kind(str(target)) if request.target_kind == "auto" else TARGET_KINDS.get(request.target_kind).name
+    if kind in ("hvdat", "torchscript", "export", "robustbench") and not Path(target).exists():
+        raise UsageError(f"no run directory or model file at {target}", "check the path")
+    name = str(hvdat_checkpoint_path(str(target))) if kind == "hvdat" else str(target)
+    if request.weights is not None and kind not in ("factory", "torchvision"):
+        raise UsageError(f"--weights applies to a factory or torchvision target, not to a {kind} one")
+    if (request.mean is None) != (request.std is None):
+        raise UsageError("--mean and --std go together", "give both, one number per channel")
+    if request.batch_size is not None and request.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {request.batch_size}")
     if request.threads < 0:
         raise UsageError(f"--threads must be >= 0, got {request.threads}")
-    trained = state.get("config") or {}
-    dataset = request.dataset or state.get("dataset") or trained.get("dataset")
+    cfg = request.replace(checkpoint=name, target_kind=kind, cwd=os.getcwd(), model_args=dict(request.model_args or {}))
+    model, loaded = build_eval_model(cfg, read_files(spec_of(cfg)), torch.device("cpu"))
+    trained = loaded.own_config
+    dataset = request.dataset or loaded.dataset
+    if dataset is None:
+        raise UsageError(f"which dataset does {target} classify?", "pass --dataset (and --data-dir)")
     data_dir = request.data_dir
     if data_dir is None and dataset == trained.get("dataset"):
         data_dir = trained.get("data_dir")
     splits = load_splits(dataset, str(data_dir) if data_dir else None, train_samples=1)
-    if splits.num_classes != state["num_classes"] or list(splits.shape) != list(state["shape"]):
+    shape = tuple(splits.shape)
+    expected = request.input_size or loaded.shape
+    grey_for_colour = expected is not None and len(expected) == 3 and expected[0] == 3 and shape[0] == 1
+    if (
+        expected is not None
+        and tuple(expected[int(grey_for_colour) :]) != shape[int(grey_for_colour) - len(expected) :]
+    ):
         raise UsageError(
-            f"dataset {dataset!r} has {splits.num_classes} classes of shape {tuple(splits.shape)}, "
-            f"but the checkpoint expects {state['num_classes']} of {tuple(state['shape'])}",
+            f"dataset {dataset!r} has images of shape {'x'.join(map(str, shape))}, "
+            f"but the model expects {'x'.join(map(str, expected))}",
             "pass the --dataset/--data-dir it was trained on",
         )
-    available = len(splits.test)
+    if (
+        cfg.mean is not None
+        and len(cfg.mean) not in (1, shape[0])
+        or cfg.std is not None
+        and len(cfg.std) != len(cfg.mean or ())
+    ):
+        raise UsageError(f"--mean/--std need 1 or {shape[0]} numbers each (the images' channels)")
+    test = splits.test
+    probe, _ = examples(test, 0, min(2, len(test)), torch.device("cpu"))
+    try:
+        with torch.no_grad():
+            logits = model(probe)
+    except Exception as exc:
+        raise UsageError(
+            f"the model failed on a batch of {len(probe)} {dataset} images of shape {'x'.join(map(str, shape))} "
+            f"({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})",
+            "check --dataset/--input-size; a torch.export model needs a dynamic batch dimension",
+        ) from None
+    outputs = logits.shape[-1] if logits.dim() == 2 else None
+    if outputs is None:
+        raise UsageError(f"the model returned shape {tuple(logits.shape)}, not (batch, classes) logits")
+    num_classes = request.num_classes or loaded.num_classes or outputs
+    if outputs != num_classes or num_classes != splits.num_classes:
+        raise UsageError(
+            f"the model outputs {outputs} classes (expected {num_classes}), the dataset {dataset!r} has "
+            f"{splits.num_classes}",
+            "pass the --dataset it classifies, or the right --num-classes",
+        )
+    plan = make_plan(request.attack, request.version, request.norm, num_classes, request.steps, request.restarts)
+    available = len(test)
     n_examples = request.n_examples
     if n_examples is None:
         n_examples = min(DEFAULT_N_EXAMPLES, available)
@@ -83,19 +124,21 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
             f"--n-examples {n_examples} is more than the {available} test images of {dataset!r}",
             f"use --n-examples {available} or fewer",
         )
-    default = default_out(ckpt, request.attack, request.version, request.norm)
+    batch_size = request.batch_size or default_chunk_size(n_examples, forward_flops(model, probe))
+    default = default_out(Path(name), request.attack, request.version, request.norm)
     out_file = Path(request.out) if request.out else default
     if out_file.suffix != ".json":
         out_file = out_file / default.name if out_file.is_dir() else out_file.with_suffix(".json")
-    cfg = request.replace(
-        checkpoint=str(ckpt),
+    cfg = cfg.replace(
         dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
         n_examples=n_examples,
+        num_classes=num_classes,
+        batch_size=batch_size,
         out=str(out_file),
         work_dir=str(out_file.with_suffix(".work")),
         plan=plan.to_dict(),
-        checkpoint_step=int(state.get("step", 0)),
+        checkpoint_step=loaded.step,
     )
     return cfg.replace(fingerprint=cfg.compute_fingerprint())
 
@@ -103,6 +146,14 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
 def eval_launch(cfg: EvalConfig, spec: LaunchSpec) -> Launch:
     validate(spec)
     return build_launch(spec, WORKER, Path(cfg.work_dir) / CONFIG_FILE)
+
+
+def robust_after(broken_by: List[Optional[str]], stages: List[str]) -> Dict[str, List[bool]]:
+    """Per stage (and `clean`), per example: still robust after it. `broken_by` names the stage that broke each
+    example (`clean`: misclassified unattacked; None: robust to the end)."""
+    order = {name: k for k, name in enumerate(["clean", *stages])}
+    broken_at = [len(order) if b is None else order[b] for b in broken_by]
+    return {name: [at > k for at in broken_at] for name, k in order.items()}
 
 
 def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) -> Dict[str, Any]:
@@ -116,7 +167,8 @@ def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) 
         "by_eps": [
             {
                 "eps": e["eps"],
-                "broken_by": e.pop("broken_by"),
+                "broken_by": e["broken_by"],
+                "robust_after": robust_after(e.pop("broken_by"), plan["stages"]),
                 "adv_pred": e.pop("adv_pred"),
                 "perturbation": e.pop("perturbation"),
             }
@@ -125,6 +177,7 @@ def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) 
     }
     return {
         "checkpoint": cfg.checkpoint,
+        "target_kind": cfg.target_kind,
         "arch": summary["arch"],
         "dataset": cfg.dataset,
         "attack": cfg.attack,
@@ -150,6 +203,10 @@ def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) 
         "rank_seconds": summary["rank_seconds"],
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
+        "chunks": -(-summary["n_examples"] // cfg.batch_size),
+        "handout": summary["handout"],
+        "mean": cfg.mean,
+        "std": cfg.std,
         "resumed_chunks": summary["resumed_chunks"],
         "resumed_examples": summary["resumed_examples"],
         "sweep": summary["sweep"],
@@ -168,7 +225,12 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
     start = time.perf_counter()
     tracker = EvalTracker()
     result, found = run_launch(launch, log_path, lambda event: on_event(tracker.annotate(event)), ("result",))
-    raise_for_failure(result, "evaluation", log_path)
+    try:
+        raise_for_failure(result, "evaluation", log_path)
+    except JobFailed as failed:
+        lines, fields = chunks_kept(cfg)
+        failed.then(lines, **fields)
+        raise
     results = found["result"]
     if not results:
         raise UsageError("the evaluation finished without a result", f"see {log_path}")
@@ -178,6 +240,7 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
     tmp.write_text(json.dumps(report, indent=1) + "\n")
     tmp.replace(out_file)
     shutil.rmtree(work / "state", ignore_errors=True)  # done: a rerun starts afresh
+    shutil.rmtree(work / QUEUE_DIR, ignore_errors=True)
     if cfg.tensorboard:
         write_board(cfg, report)
     return report
@@ -201,3 +264,13 @@ def write_board(cfg: EvalConfig, report: Dict[str, Any]) -> None:
             writer.scalar(tag, entry["robust_accuracy"], cfg.checkpoint_step)
     finally:
         writer.close()
+
+
+def chunks_kept(cfg: EvalConfig) -> Tuple[str, Dict[str, Any]]:
+    """After a failure: how many chunks are done and kept (a rerun of the same command skips them)."""
+    from .chunks import ChunkStore, chunk_bounds
+
+    done = len(ChunkStore(Path(cfg.work_dir), cfg.fingerprint, 0).load())
+    total = len(chunk_bounds(cfg.n_examples, cfg.batch_size))
+    line = f"\n  kept: {done} of {total} chunks done in {Path(cfg.work_dir) / 'state'}; the same command continues"
+    return line, {"way_back": {"chunks_done": done, "chunks_total": total, "resume": True}}

@@ -1,42 +1,40 @@
 """A Horovod evaluation worker: `python -m hvdat.eval.worker --config WORK/config.json`.
 
-Rank 0 reads the checkpoint and broadcasts it. Every rank evaluates its own chunks (chunk c goes to rank
-c % size), appends each finished chunk to its state file, and at the end the per-example results are gathered;
-rank 0 summarises them and emits the `result` event that `hvdat eval` turns into its report.
+Rank 0 reads the model's files and broadcasts their bytes; every rank builds the model from them. The ranks pull
+chunks from a shared queue (a locked counter file in the work folder; where some rank cannot see that folder, chunk
+c goes to rank c % size instead), append each finished chunk to their state file, and at the end the per-example
+results are gathered; rank 0 summarises them and emits the `result` event that `hvdat eval` turns into its report.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+import uuid
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from .. import events
-from ..data import UInt8Images, load_splits
+from ..data import load_splits
 from ..models import build_model
-from ..runtime import checkpoint
 from ..runtime.seeds import seed_for
 from ..runtime.worker_main import worker_main
 from ..runtime.world import World
 from .cascade import ChunkResult, evaluate_chunk
-from .chunks import ChunkStore, chunk_bounds, chunks_of_rank
+from .chunks import ChunkQueue, ChunkStore, chunk_bounds, chunks_of_rank, examples
 from .config import EvalConfig
 from .plan import Plan
 from .stages import StageRunner
 from .summary import summarise
+from .targets import build_eval_model, read_files, spec_of
 
-
-def examples(test, start: int, stop: int, device: torch.device):
-    if isinstance(test, UInt8Images):
-        return test.images[start:stop].to(device).float().div_(255), test.labels[start:stop].to(device)
-    items = [test[i] for i in range(start, stop)]
-    return torch.stack([x for x, _ in items]).to(device), torch.tensor([int(y) for _, y in items], device=device)
+__all__ = ["evaluate", "examples", "load_model", "main"]
 
 
 def load_model(state: Dict, device: torch.device) -> torch.nn.Module:
+    """An hvdat checkpoint's model, in eval mode (tests and the reference comparisons use it)."""
     shape = tuple(state["shape"])
     model = build_model(state["arch"], state["num_classes"], shape, [0.0] * shape[0], [1.0] * shape[0])
     model.load_state_dict(state["model"])  # mean/std buffers come from the checkpoint
@@ -48,18 +46,20 @@ def load_model(state: Dict, device: torch.device) -> torch.nn.Module:
 def evaluate(cfg: EvalConfig) -> None:
     world = World.start(cfg.threads)
     rank, size, device = world.rank, world.size, world.device
-    state = checkpoint.load(Path(cfg.checkpoint)) if rank == 0 else None
-    state = world.broadcast_object(state, name="checkpoint")  # no shared filesystem needed for the checkpoint
-    model = load_model(state, device)
+    files = read_files(spec_of(cfg)) if rank == 0 else None
+    files = world.broadcast_object(files, name="model.files")  # no shared filesystem needed for the model
+    model, loaded = build_eval_model(cfg, files, device)
+    del files
     test = load_splits(cfg.dataset, cfg.data_dir, train_samples=1).test
     plan = Plan.from_dict(cfg.plan)  # resolved by `hvdat eval` before launch
     bounds = chunk_bounds(cfg.n_examples, cfg.batch_size)
-    mine = chunks_of_rank(len(bounds), rank, size)
     store = ChunkStore(Path(cfg.work_dir), cfg.fingerprint, rank)
     done = store.load()
     # every rank reads before any writes (a fast rank's new chunk is not "resumed"); no shared filesystem needed
     done = {c: r for part in world.allgather_object(done, name="eval.resumed") for c, r in part.items()}
     store.open()
+    todo = [c for c in range(len(bounds)) if c not in done]
+    handout, mine = _work(world, Path(cfg.work_dir), todo)
     runners = [StageRunner(model, plan, eps, cfg.seed, device) for eps in cfg.eps]
     resumed = sum(1 for c in range(len(bounds)) if c in done)
     resumed_examples = sum(bounds[c][1] - bounds[c][0] for c in done if c < len(bounds))
@@ -74,11 +74,8 @@ def evaluate(cfg: EvalConfig) -> None:
             resumed_examples=resumed_examples,
         )
     start = time.perf_counter()
-    results: List[ChunkResult] = []
+    results: List[ChunkResult] = [r for c, r in done.items() if c < len(bounds)] if rank == 0 else []
     for c in mine:
-        if c in done:
-            results.append(done[c])
-            continue
         chunk_start = time.perf_counter()
         lo, hi = bounds[c]
         x, y = examples(test, lo, hi, device)
@@ -99,13 +96,27 @@ def evaluate(cfg: EvalConfig) -> None:
             rank_seconds=rank_seconds,
             world_size=size,
             plan=plan.to_dict(),
-            num_classes=state["num_classes"],
-            arch=state["arch"],
+            num_classes=cfg.num_classes,
+            arch=loaded.arch,
+            handout=handout,
             threads=torch.get_num_threads(),
             resumed_chunks=resumed,
             resumed_examples=resumed_examples,
         )
         events.emit("result", **summary)
+
+
+def _work(world: World, work_dir: Path, todo: List[int]) -> Tuple[str, Iterable[int]]:
+    """This rank's chunks: pulled from the shared queue when every rank sees the work folder (one host, or a shared
+    filesystem), else chunk c of the list goes to rank c % size."""
+    nonce = uuid.uuid4().hex[:12] if world.rank == 0 else None
+    if world.rank == 0:
+        ChunkQueue.create(work_dir, nonce)
+    nonce = world.broadcast_object(nonce, name="eval.queue")
+    queue = ChunkQueue(work_dir, nonce, todo)
+    if world.size > 1 and all(world.allgather_object(queue.visible(), name="eval.queue_visible")):
+        return "queue", queue
+    return "static", [todo[i] for i in chunks_of_rank(len(todo), world.rank, world.size)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
