@@ -1,5 +1,7 @@
 """The one exception family that the CLI turns into a single clear line (exit code 2 for user mistakes)."""
 
+from typing import Any, Dict, Optional
+
 
 class HvdatError(Exception):
     """A failure hvdat can explain. `hint` says what to do about it."""
@@ -22,8 +24,15 @@ class UsageError(HvdatError):
 
 
 class JobFailed(HvdatError):
-    """A launched Horovod job exited non-zero. Carries the job's own exit code."""
+    """A launched Horovod job exited non-zero. Carries the job's own exit code, and `report`: the same as fields
+    (`--json`), e.g. the failing rank, its host and cause, and the way back."""
 
-    def __init__(self, message: str, exit_code: int, hint: str = ""):
+    def __init__(self, message: str, exit_code: int, hint: str = "", report: Optional[Dict[str, Any]] = None):
         super().__init__(message, hint)
         self.exit_code = exit_code
+        self.report: Dict[str, Any] = dict(report or {})
+
+    def then(self, lines: str, **fields: Any) -> None:
+        """Append lines to the message (what the job kind adds: the way back) and fields to the report."""
+        self.args = (self.args[0] + lines,)
+        self.report.update(fields)

@@ -9,8 +9,11 @@ import sys
 from typing import Any, Dict, Optional, Tuple
 
 TAG = "@@hvdat "
+FAILURES_DIR = "failures"  # beside a job's config: each failed rank's record, rank-R.json (hvdat.launch.failure)
 # gloo: "[0]<stdout>:text"; mpi --tag-output: "[1,0]<stdout>:text"; plain (np 1, no horovodrun): "text"
 _PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:?(.*)$")
+# mpirun --tag-output cuts a line every 4096 bytes and tags each piece again, inside the line (an eval's result)
+_MPI_TAG_INSIDE = re.compile(r"\[\d+,\d+\]<(?:stdout|stderr)>:")
 
 
 def emit(event: str, **fields: Any) -> None:
@@ -22,7 +25,10 @@ def split_prefix(line: str) -> Tuple[Optional[int], str]:
     """(rank, text) for a line of horovodrun output; rank is None for lines horovodrun itself printed."""
     match = _PREFIX.match(line)
     if match:
-        return int(match.group(1)), match.group(3)
+        text = match.group(3)
+        if line.startswith("[") and "," in line[: line.index("]")]:
+            text = _MPI_TAG_INSIDE.sub("", text)
+        return int(match.group(1)), text
     return None, line
 
 

@@ -109,8 +109,8 @@ def test_a_failing_worker_is_named_with_its_last_lines(tmp_path):
         env={"HVDAT_CACHE": str(tmp_path / "cache")},
     )
     assert proc.returncode not in (0, 2)
-    assert "training failed on rank" in proc.stderr and "UnidentifiedImageError" in proc.stderr
-    assert "last lines:" in proc.stderr and "full log:" in proc.stderr
+    assert "training failed: rank" in proc.stderr and "raised UnidentifiedImageError" in proc.stderr
+    assert "last lines of rank" in proc.stderr and "full log:" in proc.stderr
     assert (tmp_path / "r" / "logs" / "train.log").is_file()
 
 

@@ -10,11 +10,12 @@ from typing import Optional, Tuple
 import typer
 from typing_extensions import Annotated
 
+from ..errors import JobFailed
 from ..launch import LaunchSpec, validate
 from ..options import OUTPUT
 from ..train.config import TrainConfig
 from ..train.run_folder import CONFIG_FILE
-from .app import app, err, out
+from .app import app, err, invocation, out
 from .options import DryRun, Json, JsonEventsFlag, given, json_modes, rebase, with_options
 from .progress import TrainProgress, epochs_table
 from .slurm import slurm_hosts
@@ -73,7 +74,13 @@ def train(
             if stream is not None:
                 stream.handle(event)
 
-        outcome = run_training(config, launch, overwrite=overwrite, on_event=handle)
+        try:
+            outcome = run_training(config, launch, overwrite=overwrite, on_event=handle)
+        except JobFailed as failed:  # the way back ends the report: the exact command that continues the run
+            way_back = failed.report.get("way_back", {})
+            command = invocation(drop=("--overwrite",), add=("--resume",) if way_back.get("resume") else ())
+            failed.then(f"\n  continue with: {command}", way_back={**way_back, "command": command})
+            raise
     if outcome.stopped:
         stopped = outcome.stopped
         err.print(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import UsageError
+from ..events import FAILURES_DIR
 from .spec import LaunchSpec, initial_np, is_local_single, rank0_is_here, slots_of, validate
 
 
@@ -53,6 +54,8 @@ class Launch:
     # command line, e.g. the module and its config), so they agree on a step and checkpoint. Signalled instead,
     # horovodrun would end a remote rank's ssh (exit 255) while that rank was still finishing the stop.
     graceful_workers: Tuple[str, ...] = ()
+    rank_hosts: Tuple[str, ...] = ()  # rank r's host, for errors that name it (empty: elastic, not known up front)
+    failure_dir: Optional[str] = None  # where failed ranks write their records (beside the job's config)
 
     def display(self) -> str:
         """For --dry-run: a copy-pasteable line, the added environment first."""
@@ -87,6 +90,8 @@ def tuning_args(spec: LaunchSpec) -> List[str]:
         args += ["--timeline-filename", spec.timeline_filename]
         if spec.timeline_mark_cycles:
             args.append("--timeline-mark-cycles")
+    if spec.gloo_timeout is not None and spec.launcher == "gloo":
+        args += ["--gloo-timeout-seconds", str(spec.gloo_timeout)]
     if spec.log_level:
         args += ["--log-level", spec.log_level.upper()]
     return args
@@ -126,9 +131,22 @@ def build_launch(
     validate(spec)
     timeline = spec.timeline_filename if rank0_is_here(spec) else None
     workers = (module, str(config)) if graceful else ()
+    failures = str(Path(config).parent / FAILURES_DIR)
     if is_local_single(spec):
-        return Launch(worker_argv(module, config), tuning_env(spec), spec.output_filename, timeline, workers)
-    return Launch(horovodrun_argv(spec, module, config, horovodrun), timeline=timeline, graceful_workers=workers)
+        return Launch(
+            worker_argv(module, config), tuning_env(spec), spec.output_filename, timeline, workers, ("localhost",),
+            failures,
+        )  # fmt: skip
+    argv = horovodrun_argv(spec, module, config, horovodrun)
+    return Launch(argv, timeline=timeline, graceful_workers=workers, rank_hosts=rank_hosts(spec), failure_dir=failures)
+
+
+def rank_hosts(spec: LaunchSpec) -> Tuple[str, ...]:
+    """Each rank's host as horovodrun and mpirun place a static job (hosts in order, a host's slots filled first);
+    empty for an elastic job, whose hosts come from its discovery script."""
+    if spec.host_discovery_script:
+        return ()
+    return tuple(host for host, slots in slots_of(spec) for _ in range(slots))[: spec.np]
 
 
 def build_argv(spec: LaunchSpec, module: str, config: Path, horovodrun: Optional[str] = None) -> List[str]:

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import threading
@@ -17,6 +18,7 @@ from typing import IO, Callable, Deque, Dict, List, Optional, Sequence, Set, Tup
 from .. import events
 from ..errors import JobFailed, UsageError
 from .argv import Launch
+from .failure import Failure, Observed, diagnose, read_records
 
 TAIL_LINES = 12
 EventHandler = Callable[[dict], None]
@@ -35,6 +37,13 @@ class JobResult:
     usage_ranks: Set[int] = field(default_factory=set)  # ranks whose error was the user's (a UsageError)
     tails: Dict[Optional[int], List[str]] = field(default_factory=dict)  # rank (None: horovodrun) -> last lines
     unreachable: Dict[str, str] = field(default_factory=dict)  # host -> what ssh said when no worker started there
+    observed: Observed = field(default_factory=Observed)  # each rank's errors and exit status (hvdat.launch.failure)
+    rank_hosts: Tuple[str, ...] = ()
+    launcher_errors: List[str] = field(default_factory=list)  # what this side could not write (a full disk)
+
+    def failure(self) -> Failure:
+        """The first rank to fail and why, the other ranks' errors as its consequences."""
+        return diagnose(self.observed, self.returncode, self.rank_hosts)
 
 
 def ssh_failure(text: str) -> Optional[Tuple[str, str]]:
@@ -54,6 +63,7 @@ def run_job(
     echo: Optional[Callable[[str], None]] = None,
     output_dir: Optional[str] = None,
     graceful_workers: Sequence[str] = (),
+    rank_hosts: Sequence[str] = (),
 ) -> JobResult:
     """Run argv to completion. Ctrl-C (or SIGTERM to us) becomes a SIGTERM to this machine's workers whose command
     line holds every one of `graceful_workers` (they agree on a step and write a final checkpoint), or to the whole
@@ -62,7 +72,7 @@ def run_job(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
-    result = JobResult(0)
+    result = JobResult(0, rank_hosts=tuple(rank_hosts))
     with open(log_path, "a") as log, _rank_output(output_dir) as copy:
         proc = subprocess.Popen(
             list(argv),
@@ -117,6 +127,7 @@ def run_collecting(
     env: Optional[Dict[str, str]] = None,
     output_dir: Optional[str] = None,
     graceful_workers: Sequence[str] = (),
+    rank_hosts: Sequence[str] = (),
 ) -> Tuple[JobResult, Dict[str, List[dict]]]:
     """`run_job`, also keeping the events of the given kinds (e.g. `epoch`, `result`), in order."""
     found: Dict[str, List[dict]] = {kind: [] for kind in kinds}
@@ -126,17 +137,33 @@ def run_collecting(
             found[event["event"]].append(event)
         on_event(event)
 
-    return run_job(argv, log_path, collect, env, output_dir=output_dir, graceful_workers=graceful_workers), found
+    result = run_job(
+        argv, log_path, collect, env, output_dir=output_dir, graceful_workers=graceful_workers, rank_hosts=rank_hosts
+    )
+    return result, found
 
 
 def run_launch(
     launch: Launch, log_path: Path, on_event: EventHandler, kinds: Sequence[str]
 ) -> Tuple[JobResult, Dict[str, List[dict]]]:
-    """`run_collecting` of a built launch: its argv, environment and output folder; then its timeline is closed."""
+    """`run_collecting` of a built launch: its argv, environment and output folder; then its timeline is closed and
+    the ranks' failure records (beside the job's config) are read."""
+    failures = Path(launch.failure_dir) if launch.failure_dir else None
+    if failures is not None:
+        shutil.rmtree(failures, ignore_errors=True)  # a previous attempt's records are not this job's
     try:
-        return run_collecting(
-            launch.argv, log_path, on_event, kinds, launch.env, launch.output_dir, launch.graceful_workers
+        result, found = run_collecting(
+            launch.argv,
+            log_path,
+            on_event,
+            kinds,
+            launch.env,
+            launch.output_dir,
+            launch.graceful_workers,
+            launch.rank_hosts,
         )
+        read_records(failures, result.observed)
+        return result, found
     finally:
         if launch.timeline:
             close_timeline(Path(launch.timeline))
@@ -165,9 +192,17 @@ def close_timeline(path: Path) -> None:
 
 
 def _pump(proc, log, tails, result: JobResult, on_event, echo, copy: Optional[IO[str]] = None) -> None:
+    writable = True  # until the disk is full: the job's output must still be read, or its ranks block on it
     for line in proc.stdout:
-        log.write(line)
-        log.flush()
+        if writable:
+            try:
+                log.write(line)
+                log.flush()
+            except OSError as exc:
+                writable = False
+                result.launcher_errors.append(f"the log stopped: {exc}")
+                with contextlib.suppress(OSError):
+                    log.close()
         if copy is not None:
             copy.write(line)
             copy.flush()
@@ -178,14 +213,23 @@ def _pump(proc, log, tails, result: JobResult, on_event, echo, copy: Optional[IO
             unreachable = ssh_failure(text)
             if unreachable is not None:
                 result.unreachable.setdefault(*unreachable)
+            if rank is None:
+                result.observed.launcher_line(text)
+            else:
+                result.observed.rank_line(rank, text)
             if echo is not None:
                 echo(line.rstrip("\n"))
             continue
         if event.get("event") == "error":
+            result.observed.error(int(event.get("rank", rank or 0)), event)
             result.failed_ranks[int(event.get("rank", rank or 0))] = event.get("message", "")
             if event.get("usage"):
                 result.usage_ranks.add(int(event.get("rank", rank or 0)))
-        on_event(event)
+        try:
+            on_event(event)
+        except OSError as exc:  # e.g. TensorBoard's files on a full disk: keep reading the job's output
+            if len(result.launcher_errors) < 5:
+                result.launcher_errors.append(f"handling a {event.get('event')} event: {exc}")
 
 
 def _sigterm_as_interrupt():
@@ -234,18 +278,21 @@ def raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
             hint="check that sshd runs there and accepts your key and port (`hvdat doctor -H HOSTS --ssh-port P "
             f"--ssh-identity-file KEY` checks every host); full log: {log_path}",
         )
-    if result.failed_ranks:
-        rank, message = sorted(result.failed_ranks.items())[0]
-        if rank in result.usage_ranks:  # the user's mistake, found by a worker: one line, exit 2
-            raise UsageError(message)
-        lines = result.tails.get(rank) or result.tails.get(None) or []
-        summary = f"{what} failed on rank {rank}: {message}"
-    else:
-        rank = next((r for r in sorted(k for k in result.tails if k is not None)), None)
-        lines = result.tails.get(None) or result.tails.get(rank) or []
-        summary = f"{what} exited with code {result.returncode}"
+    usage = sorted(rank for rank in result.usage_ranks if rank in result.failed_ranks)
+    if usage:  # the user's mistake, found by a worker: one line, exit 2
+        raise UsageError(result.failed_ranks[usage[0]])
+    failure = result.failure()
+    lines = result.tails.get(failure.rank) or result.tails.get(None) or []
     detail = "\n".join("    " + line for line in lines[-TAIL_LINES:])
+    source = f"rank {failure.rank}" if failure.rank in result.tails else "horovodrun"
+    consequences = "".join(
+        f"\n  consequence: rank {rank} {text}" for rank, text in sorted(failure.consequences.items())
+    )
     raise JobFailed(
-        f"{summary}\n  full log: {log_path}" + (f"\n  last lines:\n{detail}" if detail else ""),
+        failure.headline(what)
+        + consequences
+        + f"\n  full log: {log_path}"
+        + (f"\n  last lines of {source}:\n{detail}" if detail else ""),
         exit_code=result.returncode or 1,
+        report={"failure": failure.to_dict(), "log": str(log_path), "launcher_errors": result.launcher_errors},
     )

@@ -91,6 +91,12 @@ class LaunchSpec:
     start_timeout: Optional[int] = option(
         None, "Seconds horovodrun may take to check the hosts and start the workers (default 30).", HOROVOD
     )
+    gloo_timeout: Optional[int] = option(
+        None,
+        "Seconds a Gloo collective waits for a silent rank (stopped, hung, or on a lost host) before the job fails "
+        "and names it (Horovod's default 30; an elastic job's joining workers need more than their start-up).",
+        HOROVOD,
+    )
     log_level: Optional[str] = option(
         None, f"Horovod's log level on stderr: {', '.join(LOG_LEVELS)} (default WARNING).", HOROVOD, parse=_log_level
     )
@@ -195,6 +201,7 @@ def validate_tuning(spec: LaunchSpec) -> None:
         (spec.cycle_time_ms, "--cycle-time-ms", 0),
         (spec.cache_capacity, "--cache-capacity", 0),
         (spec.start_timeout, "--start-timeout", 1),
+        (spec.gloo_timeout, "--gloo-timeout", 1),
     ):
         if value is not None and not value >= least:  # also refuses NaN
             raise UsageError(f"{name} must be >= {least}, got {value}")

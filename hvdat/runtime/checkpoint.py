@@ -8,7 +8,9 @@ shards belong to it (`rank_shards`) and each shard carries the step it was writt
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -21,7 +23,8 @@ RANK_STATE_DIR = "rank-state"
 
 
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
-    """Write next to the target and rename: a crash mid-write leaves the previous file intact."""
+    """Write next to the target and rename: a crash mid-write leaves the previous file intact. A full disk is
+    said as such (torch's writer reports only "file write failed")."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -30,6 +33,11 @@ def save_atomic(state: Dict[str, Any], path: Path) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        if getattr(exc, "errno", None) != errno.ENOSPC and shutil.disk_usage(path.parent).free >= 1 << 20:
+            raise
+        raise OSError(errno.ENOSPC, f"No space left on device writing {path} (any previous one is intact)") from exc
     finally:
         tmp.unlink(missing_ok=True)
 

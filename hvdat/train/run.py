@@ -6,10 +6,10 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..attacks import ATTACKS
-from ..errors import UsageError
+from ..errors import JobFailed, UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import make_dir
 from ..runtime import checkpoint
@@ -80,7 +80,7 @@ def check_resume_settings(config: TrainConfig, saved: TrainConfig) -> None:
 def check_resume(config: TrainConfig) -> Dict[str, Any]:
     """--resume needs this arch's checkpoint in --out, and the run's own training settings; returns the checkpoint."""
     out = Path(config.out)
-    state = checkpoint.load(out / checkpoint.LAST, arch=config.arch)  # clear error for a missing or foreign file
+    state = load_last(out, config.arch)
     if (out / CONFIG_FILE).is_file():
         check_resume_settings(config, TrainConfig.load(out / CONFIG_FILE))
     if state.get("epoch", 0) >= config.epochs:
@@ -89,6 +89,26 @@ def check_resume(config: TrainConfig) -> Dict[str, Any]:
             "raise --epochs to train it further",
         )
     return state
+
+
+def load_last(out: Path, arch: str) -> Dict[str, Any]:
+    """last.pt, or one line saying it is damaged (a kill mid-write on a filesystem without atomic rename, a full
+    disk, a bad copy) and offering best.pt, when that loads, or a fresh start."""
+    last, best = out / checkpoint.LAST, out / checkpoint.BEST
+    try:
+        return checkpoint.load(last, arch=arch)  # clear error for a missing or foreign file
+    except UsageError as exc:
+        if not last.is_file() or "not a loadable" not in str(exc):
+            raise
+    try:
+        good = checkpoint.load(best, arch=arch)
+        offer = (
+            f"{best} loads (epoch {good.get('epoch')}, step {good.get('step')}): `cp {best} {last}` and --resume "
+            "again continues from it, or pass --overwrite instead of --resume to start afresh"
+        )
+    except UsageError:
+        offer = "no loadable best.pt either: pass --overwrite instead of --resume to start afresh"
+    raise UsageError(f"{last} is truncated or corrupt (it does not load)", offer) from None
 
 
 def resume_anchor(config: TrainConfig, state: Optional[Dict[str, Any]]) -> Anchor:
@@ -178,7 +198,29 @@ def run_training(
     if found["stopped"]:
         outcome.stopped = found["stopped"][-1]
         return outcome
-    raise_for_failure(result, "training", log_path)
+    try:
+        raise_for_failure(result, "training", log_path)
+    except JobFailed as failed:
+        lines, fields = way_back(run_dir)
+        failed.then(lines, **fields)
+        raise
     if not outcome.epochs:
         raise UsageError("training produced no epochs", f"is --epochs larger than the epochs already in {run_dir}?")
     return outcome
+
+
+def way_back(run_dir: Path) -> Tuple[str, Dict[str, Any]]:
+    """After a failure: the last checkpoint that loads (its epoch, batch and step), to continue from with
+    --resume; the report's lines and its `way_back` field."""
+    path = run_dir / checkpoint.LAST
+    try:
+        state = checkpoint.load(path)
+    except UsageError as exc:
+        why = "none was written yet" if not path.exists() else str(exc).split(";")[0]
+        return f"\n  no checkpoint to resume from ({why}): rerun the command to start afresh", {
+            "way_back": {"resume": False, "checkpoint": None}
+        }
+    epoch, batch, step = int(state.get("epoch", 0)), int(state.get("batch", 0)), int(state.get("step", 0))
+    where = f"epoch {epoch} done" + (f", epoch {epoch + 1} at batch {batch}" if batch else "") + f", step {step}"
+    found = {"resume": True, "checkpoint": str(path), "epoch": epoch, "batch": batch, "step": step}
+    return f"\n  last good checkpoint: {path} ({where})", {"way_back": found}
