@@ -251,7 +251,7 @@ def write_board(cfg: EvalConfig, report: Dict[str, Any]) -> None:
     checkpoint's optimiser step: `eval/NAME/clean_accuracy` and `eval/NAME/robust_accuracy/eps=E` for each eps of
     the sweep (NAME as the default report's: attack[-version]-norm)."""
     run_dir = Path(cfg.checkpoint).parent
-    if not (run_dir / CONFIG_FILE).is_file():
+    if cfg.target_kind != "hvdat" or not (run_dir / CONFIG_FILE).is_file():
         return
     from ..tb_events import EventWriter
 

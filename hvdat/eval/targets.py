@@ -17,6 +17,7 @@ import importlib
 import io
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -160,7 +161,9 @@ def _detect_torchscript(target: str) -> bool:
 
 def _build_torchscript(spec: TargetSpec, files: Files) -> Loaded:
     try:
-        model = torch.jit.load(_open(files, spec.target), map_location="cpu")
+        with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; the user chose the format
+            warnings.simplefilter("ignore", FutureWarning)
+            model = torch.jit.load(_open(files, spec.target), map_location="cpu")
     except Exception as exc:
         raise UsageError(f"{spec.target} is not a loadable TorchScript file ({_first_line(exc)})") from None
     return Loaded(model, f"torchscript:{Path(spec.target).name}", spec.num_classes)
