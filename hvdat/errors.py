@@ -13,8 +13,8 @@ class HvdatError(Exception):
         self.hint = hint
 
     def __str__(self) -> str:
-        message = super().__str__()
-        return f"{message}; {self.hint}" if self.hint else message
+        first, *rest = super().__str__().split("\n", 1)
+        return "\n".join([f"{first}; {self.hint}" if self.hint else first, *rest])  # lines added later stay whole
 
 
 class UsageError(HvdatError):
