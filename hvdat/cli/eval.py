@@ -103,7 +103,10 @@ def compare_command(a: Path, b: Path, as_json: bool) -> None:
             table.add_column(column, justify="right")
         for row in entry["examples"]:
             table.add_row(str(row["index"]), str(row["label"]), str(row["a"] or "robust"), str(row["b"] or "robust"))
-        out.print(table)
+        if entry["examples"]:
+            out.print(table)
+        else:
+            out.print(table.title, highlight=False)
         stages = ", ".join(f"{s} {n}" for s, n in entry["stage_disagreements"].items())
         out.print(f"disagreements after each stage: {stages}", highlight=False)
     if result["only_in_a"] or result["only_in_b"]:
