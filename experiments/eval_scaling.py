@@ -39,7 +39,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="a run directory to evaluate (default: train a tiny one)")
     parser.add_argument("--n-examples", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=8, help="chunk size; chunks are shared out round-robin")
+    parser.add_argument("--batch-size", type=int, default=8, help="chunk size; the ranks pull chunks from a queue")
     parser.add_argument("--eps", default="0.1")
     parser.add_argument("--np", type=int, default=2, help="the larger world size to compare with --np 1")
     parser.add_argument("--repeats", type=int, default=2)
