@@ -45,7 +45,9 @@ def test_base_image_cuda_matches_the_torch_pin():
     import torch
 
     args = _args()
-    assert re.search(r"^FROM nvidia/cuda:\$\{CUDA_VERSION\}-cudnn-devel-ubuntu", DOCKERFILE.read_text(), re.M)
+    # One file, two flavours: the base is an argument whose default is the CUDA devel image.
+    assert args["BASE"] == "nvidia/cuda:${CUDA_VERSION}-cudnn-devel-ubuntu${UBUNTU_VERSION}"
+    assert re.search(r"^FROM \$\{BASE\}$", DOCKERFILE.read_text(), re.M)
     cuda_major_minor = ".".join(args["CUDA_VERSION"].split(".")[:2])
     assert torch.version.cuda == cuda_major_minor, (torch.version.cuda, args["CUDA_VERSION"])
     assert args["TORCH_VERSION"] == torch.__version__.split("+")[0]
@@ -69,7 +71,9 @@ def test_image_pins_match_the_install_script_and_the_venv():
 def test_image_builds_horovod_with_bin_install_and_checks_the_build():
     text = DOCKERFILE.read_text()
     run = next(block for block in text.split("\nRUN ") if re.search(r"^\s*bin/install", block, re.M))
-    assert "HVDAT_GPU=1" in run and "HVDAT_MPI=1" in run  # NCCL and MPI are required, not best-effort
+    # MPI is required, not best-effort; so is NCCL on a base with nvcc (the CUDA image), unless GPU= says otherwise.
+    assert "HVDAT_MPI=1" in run and 'HVDAT_GPU="${gpu}"' in run
+    assert "gpu=${GPU:-$(if command -v nvcc >/dev/null || [ -x /usr/local/cuda/bin/nvcc ]; then echo 1;" in run
     assert run.index("bin/install") < run.index('horovodrun" --check-build')
     install = (REPO / "bin" / "install").read_text()
     assert "export HOROVOD_GPU_OPERATIONS=NCCL" in install and "HOROVOD_WITH_GLOO=1" in install
@@ -90,3 +94,13 @@ def test_entrypoint_runs_an_hvdat_command(argv):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "PYTHONPATH": str(REPO)}
     proc = subprocess.run(["bash", str(ENTRYPOINT), *argv], capture_output=True, text=True, env=env, timeout=60)
     assert proc.returncode == 0 and proc.stdout.startswith("hvdat "), proc.stdout + proc.stderr
+
+
+def test_dependencies_are_layered_before_the_source():
+    """A change to hvdat's source rebuilds only the last layers: torch and the Horovod compile come from cache."""
+    text = DOCKERFILE.read_text()
+    copies = re.findall(r"^COPY (\S+)", text, re.M)
+    assert copies[:3] == ["bin/install", "setup.py", "hvdat/__init__.py"], copies
+    assert text.index("bin/install \\\n") < text.index("COPY . /opt/hvdat")
+    setup = (REPO / "setup.py").read_text()  # what setup.py reads must be in those first layers (README is optional)
+    assert set(re.findall(r'Path\("([^"]+)"\)\.read_text', setup)) <= {"hvdat/__init__.py", "README.md"}
