@@ -257,9 +257,6 @@ def test_queue_over_two_ranks_and_mean_std_equal_one_rank_with_normalisation_bui
     flip = planted["examples"]["by_eps"][0]["robust_after"]["pgd"].index(True)
     planted["examples"]["by_eps"][0]["robust_after"]["pgd"][flip] = False
     planted["examples"]["by_eps"][0]["broken_by"][flip] = "pgd"
-    (tmp_path / "planted.json").write_text(json.dumps(planted))
-    proc = run_hvdat("eval", "--compare", one, tmp_path / "planted.json", check=True)
-    assert "1 disagree" in proc.stdout and "the reports disagree" in proc.stdout
     from hvdat.eval.compare import compare_reports
 
     differ = compare_reports(a, planted)["sweep"][0]
