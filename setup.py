@@ -25,6 +25,7 @@ setup(
         "matplotlib>=3.7",  # hvdat report
         "pyautoattack>=0.2",  # reference AutoAttack
         "tensorboard>=2.14",  # RUN/tb/ event files (its own writer: no TensorFlow)
+        "pyyaml>=6",  # hvdat k8s writes the MPIJob as YAML
     ],
     extras_require={
         "robustbench": ["robustbench>=1.1"],  # hvdat eval MODEL_DIR/DATASET/THREAT/NAME.pt
@@ -36,6 +37,7 @@ setup(
             "ruff==0.17.6",
             "import-linter>=2.1,<3",
             "robustbench>=1.1",  # tests/test_eval_targets.py: a RobustBench checkpoint as an eval target
+            "jsonschema>=4",  # tests/test_k8s.py: MPIJobs against the CRD's OpenAPI schema
         ],
     },
     entry_points={"console_scripts": ["hvdat=hvdat.cli:main"]},

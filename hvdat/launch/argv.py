@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import shutil
 import sys
@@ -35,7 +36,9 @@ def worker_argv(module: str, config: Path) -> List[str]:
 def hosts_args(spec: LaunchSpec) -> List[str]:
     """Where the workers go: a discovery script (elastic), a hostfile, or `-H host:slots,...`."""
     if spec.host_discovery_script:
-        return ["--host-discovery-script", str(Path(spec.host_discovery_script).resolve())]
+        # absolute, not resolved: a Kubernetes ConfigMap's file is a link that moves when the operator updates it
+        script = ["--host-discovery-script", os.path.abspath(spec.host_discovery_script)]
+        return script + (["--slots-per-host", str(spec.slots_per_host)] if spec.slots_per_host else [])
     if spec.hostfile:
         return ["--hostfile", spec.hostfile]
     return ["-H", ",".join(f"{h}:{s}" for h, s in slots_of(spec))]

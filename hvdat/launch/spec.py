@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..options import CLUSTER, HOROVOD, option
 
 LAUNCHERS = ("gloo", "mpi")
-ELASTIC_OPTIONS = ("min_np", "max_np", "host_discovery_script")  # `hvdat train` only
+ELASTIC_OPTIONS = ("min_np", "max_np", "host_discovery_script", "slots_per_host")  # `hvdat train` only
 _HOSTNAME = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9_\-]{0,61}[A-Za-z0-9])?)*$"
 )
@@ -56,6 +56,9 @@ class LaunchSpec:
     max_np: Optional[int] = option(None, "Elastic: grow up to this many workers.", CLUSTER, flags=("--max-np",))
     host_discovery_script: Optional[str] = option(
         None, "Elastic: executable printing the usable host:slots, one per line.", CLUSTER, cli_type=Path
+    )
+    slots_per_host: Optional[int] = option(
+        None, "Elastic: slots of a discovered host printed without :slots (Kubeflow's discover_hosts.sh).", CLUSTER
     )
     # Horovod's own knobs: horovodrun flags, or the HOROVOD_* variables it would set when the worker runs directly
     timeline_filename: Optional[str] = option(
@@ -189,6 +192,8 @@ def validate(spec: LaunchSpec) -> None:
         _validate_elastic(spec)
     if spec.network_interfaces and not all(_INTERFACE.match(i) for i in spec.network_interfaces.split(",")):
         raise UsageError(f"invalid --network-interfaces {spec.network_interfaces!r}", "write e.g. eth0,ib0")
+    if spec.slots_per_host is not None and (spec.slots_per_host < 1 or not spec.host_discovery_script):
+        raise UsageError("--slots-per-host needs --host-discovery-script and a count >= 1")
     if spec.mpi_args and spec.launcher != "mpi":
         raise UsageError("--mpi-args needs --launcher mpi")
     validate_tuning(spec)
