@@ -51,6 +51,9 @@ def slurm(
     preemption stop it gracefully, and a requeued train job resumes from last.pt."""
     command = list(command or [])
     text = script(spec, command, _run_folder(command), hvdat_command(spec, sys.executable))
+    for folder in (spec.log and Path(spec.log).parent, spec.chdir):
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)  # sbatch does not create them: the job would fail
     if script_path is not None:
         script_path.parent.mkdir(parents=True, exist_ok=True)
         script_path.write_text(text)
@@ -61,15 +64,17 @@ def slurm(
         else:
             err.print(f"wrote {script_path}; submit it with: sbatch {script_path}", highlight=False, soft_wrap=True)
         return
-    for folder in (spec.log and Path(spec.log).parent, spec.chdir):
-        if folder:
-            Path(folder).mkdir(parents=True, exist_ok=True)  # sbatch does not create them
-    submitted = subprocess.run(
-        ["sbatch", "--parsable"] + ([str(script_path)] if script_path else []),
-        input=None if script_path else text,
-        capture_output=True,
-        text=True,
-    )
+    try:
+        submitted = subprocess.run(
+            ["sbatch", "--parsable"] + ([str(script_path)] if script_path else []),
+            input=None if script_path else text,
+            capture_output=True,
+            text=True,
+        )
+    except FileNotFoundError:
+        raise UsageError(
+            "sbatch not found", "submit from a Slurm login node, or write the script with --script"
+        ) from None
     if submitted.returncode != 0:
         raise UsageError(f"sbatch failed: {submitted.stderr.strip() or submitted.stdout.strip()}")
     out.print(submitted.stdout.strip().split(";")[0], highlight=False)
