@@ -9,7 +9,7 @@ import sys
 from typing import Any, Dict, Optional, Tuple
 
 TAG = "@@hvdat "
-FAILURES_DIR = "failures"  # beside a job's config: each failed rank's record, rank-R.json (hvdat.launch.failure)
+FAILURES_DIR = "hvdat-failures"  # beside a job's config: each failed rank's record, rank-R.json (launch.failure)
 # gloo: "[0]<stdout>:text"; mpi --tag-output: "[1,0]<stdout>:text"; plain (np 1, no horovodrun): "text"
 _PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:?(.*)$")
 # mpirun --tag-output cuts a line every 4096 bytes and tags each piece again, inside the line (an eval's result)

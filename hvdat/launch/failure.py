@@ -1,7 +1,7 @@
 """Why a job failed: the first rank to fail and its cause, told apart from the other ranks' echoes of it.
 
 Three sources, none needing torch: the workers' `error` events (each rank's exception, host and time; also
-written as `failures/rank-R.json` beside the job's config, where a rank's output could be lost), horovodrun's and
+written as `hvdat-failures/rank-R.json` beside the job's config, where a rank's output could be lost), horovodrun's and
 mpirun's own lines (`Process 1 exit with status code 137`, `... exited on signal 9`), and Horovod's stall check
 (`Missing ranks:`). A rank killed by SIGKILL leaves no exception: its exit status tells.
 
@@ -235,7 +235,7 @@ def _from_exit(rank: Optional[int], observed: Observed, returncode: int) -> Fail
 
 
 def read_records(folder: Optional[Path], observed: Observed) -> None:
-    """Add the per-rank failure records the workers wrote (`failures/rank-R.json`) that the output stream lacked."""
+    """Add the failure records the workers wrote (`hvdat-failures/rank-R.json`) that the output stream lacked."""
     if folder is None or not folder.is_dir():
         return
     for path in sorted(folder.glob("rank-*.json")):

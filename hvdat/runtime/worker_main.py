@@ -1,6 +1,6 @@
 """The shared `main()` of every worker module (training, elastic training, benchmarks, evaluation,
 pseudo-labelling): parse `--config`, run, and on failure tell the launcher which rank failed, where, when and why
-(an `error` event, and the same as `failures/rank-R.json` beside the config, where the output could be lost), then
+(an `error` event, and the same as `hvdat-failures/rank-R.json` beside the config, where the output could be lost), then
 exit 1. A rank killed by a signal writes nothing: the launcher reads its exit status."""
 
 from __future__ import annotations
