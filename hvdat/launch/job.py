@@ -6,7 +6,6 @@ import collections
 import contextlib
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -19,15 +18,10 @@ from .. import events
 from ..errors import JobFailed, UsageError
 from .argv import Launch
 from .failure import Failure, Observed, diagnose, read_records
+from .start_failures import StartFailure, StartFailures
 
 TAIL_LINES = 12
 EventHandler = Callable[[dict], None]
-# What ssh prints when a worker cannot be started on a host (horovodrun's check, Gloo's task launch, mpirun's orted).
-SSH_FAILURES = (
-    re.compile(r"ssh: connect to host (?P<host>[^\s:]+) port \d+: (?P<why>.+)"),
-    re.compile(r"ssh: Could not resolve hostname (?P<host>[^\s:]+): (?P<why>.+)"),
-    re.compile(r"(?:[^\s@]+@)?(?P<host>[^\s@:]+): (?P<why>Permission denied \([^)]*\))"),
-)
 
 
 @dataclass
@@ -36,7 +30,7 @@ class JobResult:
     failed_ranks: Dict[int, str] = field(default_factory=dict)  # rank -> error message
     usage_ranks: Set[int] = field(default_factory=set)  # ranks whose error was the user's (a UsageError)
     tails: Dict[Optional[int], List[str]] = field(default_factory=dict)  # rank (None: horovodrun) -> last lines
-    unreachable: Dict[str, str] = field(default_factory=dict)  # host -> what ssh said when no worker started there
+    not_started: Dict[str, StartFailure] = field(default_factory=dict)  # host -> why no worker started there
     observed: Observed = field(default_factory=Observed)  # each rank's errors and exit status (hvdat.launch.failure)
     rank_hosts: Tuple[str, ...] = ()
     launcher_errors: List[str] = field(default_factory=list)  # what this side could not write (a full disk)
@@ -44,15 +38,6 @@ class JobResult:
     def failure(self) -> Failure:
         """The first rank to fail and why, the other ranks' errors as its consequences."""
         return diagnose(self.observed, self.returncode, self.rank_hosts)
-
-
-def ssh_failure(text: str) -> Optional[Tuple[str, str]]:
-    """(host, reason) when a line of the job's output says that ssh could not reach a host."""
-    for pattern in SSH_FAILURES:
-        match = pattern.search(text)
-        if match:
-            return match.group("host"), match.group("why").strip().rstrip(".")
-    return None
 
 
 def run_job(
@@ -73,6 +58,7 @@ def run_job(
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
     result = JobResult(0, rank_hosts=tuple(rank_hosts))
+    start_failures = StartFailures(rank_hosts)
     with open(log_path, "a") as log, _rank_output(output_dir) as copy:
         proc = subprocess.Popen(
             list(argv),
@@ -85,7 +71,9 @@ def run_job(
             start_new_session=True,
             errors="replace",
         )
-        reader = threading.Thread(target=_pump, args=(proc, log, tails, result, on_event, echo, copy), daemon=True)
+        reader = threading.Thread(
+            target=_pump, args=(proc, log, tails, start_failures, result, on_event, echo, copy), daemon=True
+        )
         reader.start()
         interrupts = 0
         previous = _sigterm_as_interrupt()
@@ -104,6 +92,7 @@ def run_job(
         reader.join(timeout=10)
     result.returncode = proc.returncode
     result.tails = {rank: list(lines) for rank, lines in tails.items()}
+    result.not_started = start_failures.by_host
     return result
 
 
@@ -191,7 +180,9 @@ def close_timeline(path: Path) -> None:
         path.write_text(fixed)
 
 
-def _pump(proc, log, tails, result: JobResult, on_event, echo, copy: Optional[IO[str]] = None) -> None:
+def _pump(
+    proc, log, tails, start_failures: StartFailures, result: JobResult, on_event, echo, copy: Optional[IO[str]] = None
+) -> None:
     writable = True  # until the disk is full: the job's output must still be read, or its ranks block on it
     for line in proc.stdout:
         if writable:
@@ -210,9 +201,7 @@ def _pump(proc, log, tails, result: JobResult, on_event, echo, copy: Optional[IO
         event = events.parse(text)
         if event is None:
             tails[rank].append(text)
-            unreachable = ssh_failure(text)
-            if unreachable is not None:
-                result.unreachable.setdefault(*unreachable)
+            start_failures.feed(rank, text)
             if rank is None:
                 result.observed.launcher_line(text)
             else:
@@ -270,13 +259,14 @@ def raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
     rank with its last lines."""
     if result.returncode == 0:
         return
-    if result.unreachable:
-        hosts = ", ".join(f"{host} ({why})" for host, why in result.unreachable.items())
+    if result.not_started:
+        hosts = ", ".join(f"{host} ({failure.why})" for host, failure in result.not_started.items())
+        fixes = "; ".join(dict.fromkeys(failure.fix for failure in result.not_started.values()))
         raise JobFailed(
             f"{what} could not start a worker on host {hosts}",
             exit_code=result.returncode or 1,
-            hint="check that sshd runs there and accepts your key and port (`hvdat doctor -H HOSTS --ssh-port P "
-            f"--ssh-identity-file KEY` checks every host); full log: {log_path}",
+            hint=f"{fixes} (`hvdat doctor -H HOSTS --ssh-port P --ssh-identity-file KEY` checks every host); "
+            f"full log: {log_path}",
         )
     usage = sorted(rank for rank in result.usage_ranks if rank in result.failed_ranks)
     if usage:  # the user's mistake, found by a worker: one line, exit 2
