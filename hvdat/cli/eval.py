@@ -14,10 +14,10 @@ from ..attacks.budget import format_eps
 from ..eval.config import EvalConfig
 from ..launch import LaunchSpec
 from ..launch.spec import ELASTIC_OPTIONS
+from .allocation import slurm_hosts
 from .app import app, err, out
 from .options import DryRun, Json, JsonEventsFlag, json_modes, with_options
 from .progress import EvalProgress
-from .slurm import slurm_hosts
 
 
 @app.command("eval")

@@ -1,10 +1,8 @@
-"""`hvdat slurm`: writes (and with --submit, submits) an sbatch script for a train or eval command; and the hosts
-that `hvdat train` / `hvdat eval` take from the Slurm allocation they run in."""
+"""`hvdat slurm`: writes (and with --submit, submits) an sbatch script for a train or eval command."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,22 +12,10 @@ import typer
 from typing_extensions import Annotated
 
 from ..errors import UsageError
-from ..launch import LaunchSpec
 from ..launch.sbatch import SLURM, SbatchSpec, hvdat_command, script
-from ..launch.slurm import within_allocation
 from ..train.config import TrainConfig
 from .app import app, err, out
-from .options import given, with_options
-
-
-def slurm_hosts(spec: LaunchSpec) -> LaunchSpec:
-    """Inside a Slurm job and without -H/--hostfile: the allocation's hosts and slots (and --np, unless given), said
-    on stderr."""
-    np_given = "np" in given(LaunchSpec) or "HVDAT_NP" in os.environ
-    spec, found = within_allocation(spec, os.environ, np_given)
-    if found is not None:
-        err.print(f"[dim]{found.describe(os.environ)}; --np {spec.np}[/]", highlight=False, soft_wrap=True)
-    return spec
+from .options import with_options
 
 
 @app.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})

@@ -15,10 +15,10 @@ from ..launch import LaunchSpec, validate
 from ..options import OUTPUT
 from ..train.config import TrainConfig
 from ..train.run_folder import CONFIG_FILE
+from .allocation import slurm_hosts
 from .app import app, err, invocation, out
 from .options import DryRun, Json, JsonEventsFlag, given, json_modes, rebase, with_options
 from .progress import TrainProgress, epochs_table
-from .slurm import slurm_hosts
 
 STOPPED_EXIT_CODE = 130  # as for Ctrl-C: the run is not finished, but nothing went wrong
 

@@ -105,7 +105,7 @@ class TrainConfig(FrozenConfig):
     optimizer: str = option("sgd", _names("Optimizer", OPTIMIZERS), OPTIM)
     momentum: float = option(0.9, "SGD/LARS momentum.", OPTIM)
     nesterov: bool = option(False, "Nesterov momentum (SGD/LARS).", OPTIM)
-    weight_decay: float = option(5e-4, "Weight decay (not on BN or biases).", OPTIM)
+    weight_decay: float = option(5e-4, "Weight decay (not on BN or biases, except with dat-lamb: every tensor).", OPTIM)
     schedule: str = option("cosine", _names("LR schedule after warm-up", SCHEDULES), OPTIM)
     warmup_epochs: float = option(0.0, "Linear LR warm-up epochs.", OPTIM)
     accelat_window: int = option(5, "--schedule accelat: epochs of robust accuracy averaged.", OPTIM)
