@@ -64,15 +64,8 @@ class Lamb(torch.optim.Optimizer):
                 if p.grad is None:
                     continue
                 state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
+                m, v = _adam_moments(state, p, beta1, beta2)
                 t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
                 update = (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt_().add_(group["eps"]))
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
@@ -159,15 +152,7 @@ class DatLamb(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                state["step"] += 1
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+                m, v = _adam_moments(self.state[p], p, beta1, beta2)
                 update = m / v.sqrt().add_(group["eps"])
                 if group["weight_decay"]:
                     update.add_(p, alpha=group["weight_decay"])
@@ -175,6 +160,19 @@ class DatLamb(torch.optim.Optimizer):
                 ratio = torch.where((w_norm > 0) & (u_norm > 0), w_norm / u_norm, torch.ones_like(w_norm))
                 p.sub_(update.mul_(ratio), alpha=group["lr"])  # a tensor multiply: no host sync on a GPU
         return loss
+
+
+def _adam_moments(state: dict, p: torch.Tensor, beta1: float, beta2: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Adam's running first and second moments of p.grad, updated in place (created at the first step)."""
+    if not state:
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(p)
+        state["exp_avg_sq"] = torch.zeros_like(p)
+    state["step"] += 1
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
+    v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+    return m, v
 
 
 def _trust_ratio(p: torch.Tensor, update: torch.Tensor, max_trust: float) -> torch.Tensor:

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import JobFailed, UsageError
+from ..errors import UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import file_target, make_dir
 from ..tb_events import TB_DIR
@@ -225,12 +225,7 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
     start = time.perf_counter()
     tracker = EvalTracker()
     result, found = run_launch(launch, log_path, lambda event: on_event(tracker.annotate(event)), ("result",))
-    try:
-        raise_for_failure(result, "evaluation", log_path)
-    except JobFailed as failed:
-        lines, fields = chunks_kept(cfg)
-        failed.then(lines, **fields)
-        raise
+    raise_for_failure(result, "evaluation", log_path, kept=lambda: chunks_kept(cfg))
     results = found["result"]
     if not results:
         raise UsageError("the evaluation finished without a result", f"see {log_path}")

@@ -12,7 +12,7 @@ import subprocess
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
+from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
 
 from .. import events
 from ..errors import JobFailed, UsageError
@@ -254,9 +254,21 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
+def raise_for_failure(
+    result: JobResult, what: str, log_path: Path, kept: Optional[Callable[[], Tuple[str, Dict[str, Any]]]] = None
+) -> None:
     """Turn a non-zero exit into one clear error: the hosts where no worker could start (one line), or the failing
-    rank with its last lines."""
+    rank with its last lines. `kept`: what the job kind adds to its report, the way back (lines, report fields)."""
+    try:
+        _raise_for_failure(result, what, log_path)
+    except JobFailed as failed:
+        if kept is not None:
+            lines, fields = kept()
+            failed.then(lines, **fields)
+        raise
+
+
+def _raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
     if result.returncode == 0:
         return
     if result.not_started:

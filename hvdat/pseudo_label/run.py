@@ -4,9 +4,9 @@ return its summary."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Tuple
 
-from ..errors import JobFailed, UsageError
+from ..errors import UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import file_target
 from ..runtime import checkpoint
@@ -50,15 +50,14 @@ def run_pseudo_label(
     out = Path(job.out)
     log_path = out.with_name(out.name + ".log")
     result, found = run_launch(launch, log_path, on_event, ("done",))
-    try:
-        raise_for_failure(result, "pseudo-labelling", log_path)
-    except JobFailed as failed:
-        parts = Path(job.out + ".parts")
-        kept = len(list(parts.glob("*/rank-*.npz"))) if parts.is_dir() else 0
-        failed.then(
-            f"\n  kept: {kept} labelled batches in {parts}; the same command continues from them",
-            way_back={"batches_done": kept, "parts": str(parts), "resume": True},
-        )
-        raise
+    raise_for_failure(result, "pseudo-labelling", log_path, kept=lambda: batches_kept(job))
     done = found["done"][-1] if found["done"] else {}
     return {k: v for k, v in done.items() if k != "event"}
+
+
+def batches_kept(job: PseudoLabelConfig) -> Tuple[str, Dict[str, Any]]:
+    """After a failure: the labelled batches kept (a rerun of the same command continues from them)."""
+    parts = Path(job.out + ".parts")
+    kept = len(list(parts.glob("*/rank-*.npz"))) if parts.is_dir() else 0
+    line = f"\n  kept: {kept} labelled batches in {parts}; the same command continues from them"
+    return line, {"way_back": {"batches_done": kept, "parts": str(parts), "resume": True}}

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..attacks import ATTACKS
-from ..errors import JobFailed, UsageError
+from ..errors import UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import make_dir
 from ..runtime import checkpoint
@@ -198,12 +198,7 @@ def run_training(
     if found["stopped"]:
         outcome.stopped = found["stopped"][-1]
         return outcome
-    try:
-        raise_for_failure(result, "training", log_path)
-    except JobFailed as failed:
-        lines, fields = way_back(run_dir)
-        failed.then(lines, **fields)
-        raise
+    raise_for_failure(result, "training", log_path, kept=lambda: way_back(run_dir))
     if not outcome.epochs:
         raise UsageError("training produced no epochs", f"is --epochs larger than the epochs already in {run_dir}?")
     return outcome
