@@ -24,6 +24,12 @@ worker() {
     -o PubkeyAuthentication=yes -o AuthorizedKeysFile="$keys" -o StrictModes=no
 }
 
+# Gloo resolves this host's own name in hvd.init() and aborts when it cannot: `docker run --network none` (and
+# some setups) leave the container's name out of /etc/hosts. In a container, map it to loopback then.
+if [ -f /.dockerenv ] && ! getent hosts "$(hostname)" >/dev/null 2>&1; then
+  echo "127.0.0.1 $(hostname)" >> /etc/hosts 2>/dev/null || echo "hvdat-entrypoint: $(hostname) does not resolve" >&2
+fi
+
 case "${1:-}" in
   worker) worker ;;
   "") exec hvdat --help ;;
