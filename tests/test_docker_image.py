@@ -189,7 +189,7 @@ def test_image_has_the_pins_and_horovod_with_gloo_and_mpi(image):
     script = (
         "import torch, torchvision, horovod, horovod.torch as hvd, hvdat;"
         "print(torch.__version__, torchvision.__version__, horovod.__version__, hvd.gloo_built(), hvd.mpi_built(),"
-        " hvd.nccl_built(), hvdat.__version__)"
+        " bool(hvd.nccl_built()), hvdat.__version__)"
     )
     out = docker("run", "--rm", "--network", "none", image, "python", "-c", script).stdout.split()
     import horovod
