@@ -71,9 +71,9 @@ def reference(run: Path, n: int, eps: float, batches=None) -> dict:
     attack.logger.disabled = True
     start = time.perf_counter()
     if batches is None:
-        x_adv = attack.run_standard_evaluation(x, y)
+        x_adv, _ = attack.run_standard_evaluation(x, y)  # pyautoattack returns (x_adv, y_adv)
     else:
-        x_adv = torch.cat([attack.run_standard_evaluation(x[lo:hi], y[lo:hi], bs=hi - lo) for lo, hi in batches])
+        x_adv = torch.cat([attack.run_standard_evaluation(x[lo:hi], y[lo:hi], bs=hi - lo)[0] for lo, hi in batches])
     seconds = time.perf_counter() - start
     with torch.no_grad():
         robust = (model(x_adv).argmax(1) == y).tolist()
