@@ -39,8 +39,11 @@ def _floats(value: Any, values: Dict[str, Any]) -> Optional[Tuple[float, ...]]:
         raise UsageError(f"invalid --mean/--std {value!r}", "give one number per channel: 0.485,0.456,0.406") from None
 
 
-def _model_args(value: Any, values: Dict[str, Any]) -> Dict[str, Any]:
-    """KEY=VALUE,KEY=VALUE; each value a JSON literal (3, 0.5, true, "x") or else a string."""
+def _model_args(value: Any, values: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """KEY=VALUE,KEY=VALUE; each value a JSON literal (3, 0.5, true, "x") or else a string (none given: None, the
+    field's default)."""
+    if value is None:
+        return None
     args: Dict[str, Any] = {}
     for item in filter(None, (str(value or "")).split(",")):
         key, sep, text = item.partition("=")
