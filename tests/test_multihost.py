@@ -9,9 +9,11 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import HVDAT, QUICK, REPO, read_metrics, run_hvdat
 
 # --threads 1: a worker's default is cores / workers on its host, i.e. 1 thread for --np 2 on one host but 2 on
@@ -140,7 +142,7 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
     """The failure's first line: the host, the cause and what to do (the lines after it give the way back)."""
     assert proc.returncode != 0 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr
-    return proc.stderr.splitlines()[0]
+    return next(line for line in proc.stderr.splitlines() if line.startswith("error: "))
 
 
 @pytest.mark.parametrize("launcher", ["gloo", "mpi"])
@@ -204,3 +206,44 @@ def test_a_host_without_this_venv_is_an_error_naming_it(cluster, home, tmp_path)
     line = _error_line(proc)
     assert line.startswith(f"error: training could not start a worker on host {second} (no {python} there)"), line
     assert "install hvdat there at the same path, or use the image" in line
+
+
+def test_a_host_whose_link_goes_down_is_named_and_resume_matches(cluster, one_host_run, home, tmp_path):
+    """The second host's link goes down in epoch 2 (`ip link set eth0 down` in its namespace): with --gloo-timeout 8
+    the first host's rank gives up waiting; the report names the silent rank and its host and keeps epoch 1's
+    last.pt; with the link back, the report's --resume command finishes with the uninterrupted run's metrics."""
+    out, first, second = tmp_path / "run", cluster.hosts[0], cluster.hosts[1]
+    log = out / "logs" / "train.log"
+    args = [*cluster_opts(cluster), *TRAIN, "--gloo-timeout", "8", "--out", out]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(home)}
+    proc = subprocess.Popen(
+        cluster.argv_on(first, [*HVDAT, "train", *map(str, args)]),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while not (log.is_file() and '"event":"batch","epoch":1' in log.read_text(errors="replace").replace(" ", "")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "epoch 2 never started"
+            time.sleep(0.1)
+        cluster.link_down(second)
+        began = time.monotonic()
+        stdout, stderr = proc.communicate(timeout=120)
+        took = time.monotonic() - began
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        cluster.link_up(second)
+    assert proc.returncode != 0 and took < 90, (proc.returncode, took, stderr)
+    line = _error_line(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    assert line.startswith(f"error: training failed: rank 1 on host {second} "), stderr
+    assert "Traceback" not in stderr
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    resume = next(x for x in stderr.splitlines() if x.strip().startswith("continue with: hvdat "))
+    command = shlex.split(resume.split("continue with: hvdat ", 1)[1])
+    assert command[-1] == "--resume"
+    ok(hvdat_on(cluster, *command, home=home))
+    two_hosts, one_host = read_metrics(out), read_metrics(one_host_run)
+    assert [{k: m[k] for k in SAME} for m in two_hosts] == [{k: m[k] for k in SAME} for m in one_host]

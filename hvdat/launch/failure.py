@@ -159,7 +159,8 @@ def one_line(message: str, limit: int = 300) -> str:
 def host_of(rank: Optional[int], observed: Observed, rank_hosts: Sequence[str]) -> str:
     if rank is None:
         return ""
-    host = observed.hosts.get(rank) or (rank_hosts[rank] if rank < len(rank_hosts) else "")
+    # a static placement's name for the host is the user's own (-H, --hostfile); else what the rank reported
+    host = (rank_hosts[rank] if rank < len(rank_hosts) else "") or observed.hosts.get(rank, "")
     return socket.gethostname() if host in ("localhost", "127.0.0.1") else host
 
 
@@ -215,9 +216,17 @@ def timed_out(observed: Observed) -> bool:
 
 
 def silent_ranks(observed: Observed, rank_hosts: Sequence[str]) -> List[int]:
-    """The ranks that neither raised nor exited before horovodrun began terminating the job: the ones waited for."""
+    """The ranks waited for: those that did not time out themselves, raised nothing of their own (a rank cut off from
+    the others, e.g. by a lost link, may still report Horovod's shut-down, an echo) and did not exit before horovodrun
+    began terminating the job."""
     size = max([len(rank_hosts) - 1, *observed.errors, *observed.exits]) + 1
-    return [r for r in range(size) if r not in observed.errors and r not in observed.exits_before_termination]
+    return [
+        r
+        for r in range(size)
+        if r not in observed.timed_out
+        and r not in observed.exits_before_termination
+        and (r not in observed.errors or ECHOES.search(observed.errors[r].message))
+    ]
 
 
 def _from_exit(rank: Optional[int], observed: Observed, returncode: int) -> Failure:

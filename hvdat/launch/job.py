@@ -286,7 +286,7 @@ def _raise_for_failure(result: JobResult, what: str, log_path: Path) -> None:
     failure = result.failure()
     lines = result.tails.get(failure.rank) or result.tails.get(None) or []
     detail = "\n".join("    " + line for line in lines[-TAIL_LINES:])
-    source = f"rank {failure.rank}" if failure.rank in result.tails else "horovodrun"
+    source = f"rank {failure.rank}" if failure.rank is not None and failure.rank in result.tails else "horovodrun"
     consequences = "".join(
         f"\n  consequence: rank {rank} {text}" for rank, text in sorted(failure.consequences.items())
     )
