@@ -183,7 +183,8 @@ def test_a_stopped_rank_ends_the_job_within_the_gloo_timeout(tmp_path):
     """SIGSTOP of rank 1 (a hang): with --gloo-timeout 8 rank 0 gives up waiting, and the report names rank 1, not
     the rank that timed out."""
     out = tmp_path / "stopped"
-    proc = start("train", *ARGS, "--epochs", "1", "--gloo-timeout", "8", "--out", out)
+    # the whole digits training split (45 steps): the epoch must still be running when the rank is stopped
+    proc = start("train", *ARGS, "--epochs", "1", "--train-samples", "1437", "--gloo-timeout", "8", "--out", out)
     log = out / "logs" / "train.log"
     wait_until(lambda: count(log, '"event":"batch"') >= 2, proc)
     stopped = worker(proc, "hvdat.train.worker", 1)
