@@ -27,23 +27,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def hvdat(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(
-        [sys.executable, "-m", "hvdat", *map(str, args)], capture_output=True, text=True, env=env, cwd=REPO
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"hvdat {' '.join(map(str, args))} failed:\n{proc.stderr[-3000:]}")
-    return proc
+from common import hvdat  # experiments/common.py: the one way the experiments run hvdat
 
 
 def train_tiny(out: Path) -> None:
