@@ -23,6 +23,13 @@ class UsageError(HvdatError):
     exit_code = 2
 
 
+def require_at_least(option: str, value: Optional[float], least: float = 1) -> None:
+    """The one check of a counted or timed option (workers, epochs, nodes, seconds): `value` (None: unset, fine)
+    >= `least`; NaN is refused too."""
+    if value is not None and not value >= least:
+        raise UsageError(f"{option} must be >= {least}, got {value}")
+
+
 class JobFailed(HvdatError):
     """A launched Horovod job exited non-zero. Carries the job's own exit code, and `report`: the same as fields
     (`--json`), e.g. the failing rank, its host and cause, and the way back."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
-from ..errors import UsageError
+from ..errors import UsageError, require_at_least
 from ..options import option
 
 K8S = "Kubernetes"
@@ -67,11 +67,8 @@ def validate(spec: MPIJobSpec, command: Sequence[str]) -> None:
             f"the MPIJob sets {', '.join(owned)} from its pods", "use --workers, --slots-per-worker, --min/max-workers"
         )
     for name in ("workers", "slots_per_worker", "min_workers", "max_workers"):
-        value = getattr(spec, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if spec.gpus_per_worker < 0:
-        raise UsageError(f"--gpus-per-worker must be >= 0, got {spec.gpus_per_worker}")
+        require_at_least(f"--{name.replace('_', '-')}", getattr(spec, name))
+    require_at_least("--gpus-per-worker", spec.gpus_per_worker, least=0)
     if not 0 < spec.ssh_port < 65536:
         raise UsageError(f"--ssh-port {spec.ssh_port} is not a port number")
     if spec.elastic:

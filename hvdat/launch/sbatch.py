@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from ..errors import UsageError
+from ..errors import UsageError, require_at_least
 from ..options import option
 
 SLURM = "Slurm"
@@ -61,12 +61,8 @@ def validate(spec: SbatchSpec, command: Sequence[str]) -> None:
             "give the hvdat command to run after the Slurm options",
             "e.g. hvdat slurm --nodes 2 --gpus-per-node 4 -- train --dataset cifar10 --out runs/c10",
         )
-    for name in ("nodes", "ntasks_per_node", "gpus_per_node", "cpus_per_task"):
-        value = getattr(spec, name)
-        if value is not None and value < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if spec.warn_seconds < 1:
-        raise UsageError(f"--warn-seconds must be >= 1, got {spec.warn_seconds}")
+    for name in ("nodes", "ntasks_per_node", "gpus_per_node", "cpus_per_task", "warn_seconds"):
+        require_at_least(f"--{name.replace('_', '-')}", getattr(spec, name))
     if spec.time is not None and not _TIME.match(spec.time):
         raise UsageError(f"cannot read --time {spec.time!r}", "write minutes, HH:MM:SS or D-HH:MM:SS")
     if spec.image and spec.venv:

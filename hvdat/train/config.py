@@ -14,7 +14,7 @@ from ..attacks import ATTACKS
 from ..attacks.budget import parse_eps
 from ..compression import COMPRESSORS
 from ..data import DATASETS
-from ..errors import UsageError
+from ..errors import UsageError, require_at_least
 from ..frozen_config import FrozenConfig
 from ..models import MODELS
 from ..optim import OPTIMIZERS
@@ -180,11 +180,11 @@ class TrainConfig(FrozenConfig):
         parse_eps(self.eps, norm=self.norm)
         if self.alpha is not None and not self.alpha > 0:
             raise UsageError(f"--alpha must be positive, got {self.alpha}")
-        _positive("--steps", self.steps)
-        _positive("--epochs", self.epochs)
-        _positive("--commit-every", self.commit_every)
-        _positive("--batch-size", self.batch_size)
-        _positive("--lr-base-batch", self.lr_base_batch)
+        require_at_least("--steps", self.steps)
+        require_at_least("--epochs", self.epochs)
+        require_at_least("--commit-every", self.commit_every)
+        require_at_least("--batch-size", self.batch_size)
+        require_at_least("--lr-base-batch", self.lr_base_batch)
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if self.lr_scaling not in ("linear", "sqrt", "none"):
@@ -199,8 +199,7 @@ class TrainConfig(FrozenConfig):
             (self.eval_samples, "--eval-samples"),
             (self.threads, "--threads"),
         ):
-            if count < 0:
-                raise UsageError(f"{name} must be >= 0, got {count}")
+            require_at_least(name, count, least=0)
         if self.amp not in AMP_DTYPES:
             raise UsageError(f"unknown --amp {self.amp!r}", f"choose from: {', '.join(AMP_DTYPES)}")
         if self.extra_data is not None:
@@ -219,8 +218,8 @@ class TrainConfig(FrozenConfig):
                 )
         if self.co_guard:
             ATTACKS.get(self.co_guard_fallback)
-            _positive("--co-guard-samples", self.co_guard_samples)
-            _positive("--co-guard-steps", self.co_guard_steps)
+            require_at_least("--co-guard-samples", self.co_guard_samples)
+            require_at_least("--co-guard-steps", self.co_guard_steps)
             if not 0.0 < self.co_guard_ratio < 1.0:
                 raise UsageError(f"--co-guard-ratio must lie in (0, 1), got {self.co_guard_ratio}")
         DATASETS.get(self.dataset).check_dir(self.data_dir)
@@ -234,10 +233,10 @@ class TrainConfig(FrozenConfig):
     def _validate_methods(self, spec) -> None:
         """Free-AT, DEAT and AccelAT's own settings."""
         if spec.replayed:
-            _positive("--replays", self.replays)
+            require_at_least("--replays", self.replays)
             if self.deat_max_k < 0 or self.deat_gamma <= 0:
                 raise UsageError("--deat-max-k must be >= 0 and --deat-gamma positive")
-            _positive("--deat-delay", self.deat_delay)
+            require_at_least("--deat-delay", self.deat_delay)
             if self.amp == "fp16":  # the input gradient would come loss-scaled out of the weights' backward
                 raise UsageError(f"--attack {self.attack} cannot run under --amp fp16", "use --amp bf16 or none")
         if self.schedule == "accelat":
@@ -245,11 +244,6 @@ class TrainConfig(FrozenConfig):
                 raise UsageError(
                     "--schedule accelat cuts the LR from the per-epoch robust accuracy", "set --eval-samples above 0"
                 )
-            _positive("--accelat-window", self.accelat_window)
+            require_at_least("--accelat-window", self.accelat_window)
             if self.accelat_cooldown < 0 or not 0 < self.accelat_factor <= 1 or self.accelat_min_lr < 0:
                 raise UsageError("--accelat-cooldown must be >= 0, --accelat-factor in (0, 1], --accelat-min-lr >= 0")
-
-
-def _positive(name: str, value: int) -> None:
-    if value < 1:
-        raise UsageError(f"{name} must be >= 1, got {value}")
