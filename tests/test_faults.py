@@ -128,6 +128,41 @@ def test_sigkill_of_a_rank_names_it_keeps_last_pt_and_resume_matches(tmp_path, r
     same_metrics(out, reference)
 
 
+def test_sigkill_inside_the_compressed_allgather_names_the_rank_and_resume_matches(tmp_path_factory):
+    """--compression ef-sign: packed gradients go through Horovod's allgather. Rank 1 SIGKILLs itself right after
+    handing step 14's first payload to the allgather (tests/fault_injection/sitecustomize.py), so rank 0 is inside
+    that collective when its peer dies. The report names rank 1 and the signal; epoch 1's last.pt and each rank's
+    error-feedback residuals (rank-state/) are kept, and --resume ends with the uninterrupted run's metrics."""
+    folder = tmp_path_factory.mktemp("allgather")
+    args = ["train", *ARGS, "--compression", "ef-sign"]
+    reference, out = folder / "reference", folder / "killed"
+    run_hvdat(*args, "--out", reference, check=True)
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'tests' / 'fault_injection'}:{REPO}"}
+    proc = subprocess.run(
+        HVDAT + [*map(str, args), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO,
+        env={**env, "HVDAT_TEST_SIGKILL_IN_ALLGATHER": "1:14"},
+    )
+
+    assert proc.returncode == 1, proc.stderr
+    assert headline(proc.stderr) == (
+        f"error: training failed: rank 1 on host {HOST} was killed by SIGKILL: possibly the out-of-memory killer "
+        "(or a `kill -9`)"
+    ), proc.stderr
+    assert "consequence: rank 0 " in proc.stderr
+    assert [m["epoch"] for m in read_metrics(out)] == [1]  # the kill landed in epoch 2
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and state["rank_shards"] == 2
+    assert sorted(p.name for p in (out / "rank-state").iterdir()) == ["rank-0.pt", "rank-1.pt"]
+    command = continue_command(proc.stderr)
+    assert command[-1] == "--resume"
+    run_hvdat(*command, check=True)
+    same_metrics(out, reference)
+
+
 def test_a_corrupt_last_pt_is_named_in_one_line_with_best_pt_offered(tmp_path, reference):
     run = tmp_path / "run"
     shutil.copytree(reference, run)

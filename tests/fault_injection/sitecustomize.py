@@ -1,0 +1,34 @@
+"""Test-only fault injection, loaded by Python at start-up when this folder is on PYTHONPATH (tests/test_faults.py).
+
+HVDAT_TEST_SIGKILL_IN_ALLGATHER=RANK:STEP makes the worker of that rank SIGKILL itself right after it has handed
+step STEP's first packed gradient to Horovod's allgather (`--compression sign|ef-sign|natural|qsgd...`): the other
+ranks are then inside that allgather, waiting for a rank that is gone. Nothing in hvdat knows of it; every other
+process (hvdat, horovodrun, the other ranks) leaves Horovod alone.
+"""
+
+import os
+import signal
+
+_FAULT = os.environ.get("HVDAT_TEST_SIGKILL_IN_ALLGATHER", "")
+_RANK = os.environ.get("HOROVOD_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", ""))
+
+if _FAULT and _FAULT.split(":")[0] == _RANK:
+    from horovod.torch import mpi_ops
+
+    _original = mpi_ops.allgather_async
+    _step_at = int(_FAULT.split(":")[1])
+    _seen = {"first": None, "steps": 0}
+
+    def allgather_async(tensor, *args, **kwargs):
+        name = kwargs.get("name") or ""
+        handle = _original(tensor, *args, **kwargs)
+        if name.startswith("hvdat.packed."):
+            if _seen["first"] is None:
+                _seen["first"] = name
+            if name == _seen["first"]:
+                _seen["steps"] += 1
+                if _seen["steps"] == _step_at:
+                    os.kill(os.getpid(), signal.SIGKILL)
+        return handle
+
+    mpi_ops.allgather_async = allgather_async
