@@ -115,6 +115,8 @@ def test_free_at_perturbation_stays_in_the_eps_ball_and_the_image_box():
         ({"attack": "free", "replays": 0}, "--replays must be >= 1"),
         ({"schedule": "accelat", "eval_samples": 0}, "--eval-samples"),
         ({"schedule": "accelat", "accelat_factor": 1.5}, "--accelat-factor"),
+        ({"attack": "free", "co_guard": True}, "--co-guard cannot switch to or from 'free'"),
+        ({"co_guard": True, "co_guard_fallback": "deat"}, "--co-guard cannot switch to or from 'deat'"),
     ],
 )
 def test_method_settings_are_checked_up_front(settings, fragment):

@@ -217,7 +217,13 @@ class TrainConfig(FrozenConfig):
                     "raise --batch-size",
                 )
         if self.co_guard:
-            ATTACKS.get(self.co_guard_fallback)
+            replayed = [name for name in (self.attack, self.co_guard_fallback) if ATTACKS.get(name).replayed]
+            if replayed:  # the guard swaps the attack between minibatches; these replay each minibatch themselves
+                raise UsageError(
+                    f"--co-guard cannot switch to or from {replayed[0]!r}: it replays each minibatch with its own "
+                    "perturbation",
+                    "use --co-guard with fgsm, fgsm-rs, pgd or trades, and one of them as --co-guard-fallback",
+                )
             require_at_least("--co-guard-samples", self.co_guard_samples)
             require_at_least("--co-guard-steps", self.co_guard_steps)
             if not 0.0 < self.co_guard_ratio < 1.0:
