@@ -9,6 +9,8 @@ import sys
 from typing import Any, Dict, Optional, Tuple
 
 TAG = "@@hvdat "
+HEARTBEAT_SECONDS = 2.0  # each worker's `beat` event (hvdat.runtime.heartbeat); the launcher's --hang-timeout
+HANG_TIMEOUT_LEAST = 3 * HEARTBEAT_SECONDS  # a shorter --hang-timeout would call a healthy rank hung
 FAILURES_DIR = "hvdat-failures"  # beside a job's config: each failed rank's record, rank-R.json (launch.failure)
 # gloo: "[0]<stdout>:text"; mpi --tag-output: "[1,0]<stdout>:text"; plain (np 1, no horovodrun): "text"
 _PREFIX = re.compile(r"^\[(?:\d+,)?(\d+)\]<(stdout|stderr)>:?(.*)$")

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import List
@@ -237,6 +238,71 @@ def test_a_stopped_rank_ends_the_job_within_the_gloo_timeout(tmp_path):
     assert headline(stderr).startswith(f"error: training failed: rank 1 on host {HOST} stopped responding"), stderr
     assert "consequence: rank 0 timed out waiting 8000 ms for another rank" in stderr
     assert "no checkpoint to resume from (none was written yet)" in stderr
+
+
+def test_a_stopped_rank_under_mpi_is_named_by_the_watchdog_and_resume_matches(tmp_path, reference):
+    """MPI has no Gloo timeout: a SIGSTOPped rank used to hang the job for ever. The launcher's watchdog sees rank 1's
+    heartbeats stop (--hang-timeout 8), ends the job and names the rank, its host and why; rank 0, blocked in a
+    collective with it, kept beating and is not blamed. --resume continues from epoch 1 to the reference's metrics."""
+    out = tmp_path / "stopped"
+    proc = start("train", *ARGS, "--launcher", "mpi", "--hang-timeout", "8", "--out", out)
+    log = out / "logs" / "train.log"
+    wait_until(lambda: count(log, '"event":"epoch"') >= 1 and (out / "last.pt").is_file(), proc)
+    stopped = worker(proc, "hvdat.train.worker", 1)
+    stopped.suspend()
+    began = time.monotonic()
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        with contextlib.suppress(psutil.Error):
+            stopped.kill()
+    took = time.monotonic() - began
+
+    assert proc.returncode == 1, stderr
+    assert took < 30, took  # 8 s of silence, then a check each second
+    assert headline(stderr) == (
+        f"error: training failed: rank 1 on host {HOST} stopped responding (no heartbeat for 8 s): hung or stopped"
+    ), stderr
+    assert not psutil.pid_exists(stopped.pid) or stopped.status() == psutil.STATUS_ZOMBIE
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    command = continue_command(stderr)
+    assert command[-1] == "--resume"
+    run_hvdat(*command, check=True)
+    same_metrics(out, reference)
+
+
+SLOW_BUT_HEALTHY = """
+import pickle, time, torch
+from hvdat.runtime.heartbeat import Heartbeat
+with Heartbeat(interval=0.25):
+    end = time.monotonic() + 3
+    while time.monotonic() < end:  # pure Python: the main thread holds the GIL but for its switch interval
+        sum(i * i for i in range(1000))
+    a = torch.randn(1500, 1500)
+    end = time.monotonic() + 2
+    while time.monotonic() < end:  # long torch ops (a slow first batch, an evaluation chunk)
+        a = torch.tanh(a @ a)
+    state = {f"layer{i}": torch.randn(1 << 20) for i in range(48)}  # a 200 MB checkpoint write
+    torch.save(state, CKPT)
+    time.sleep(1.5)  # blocked (a collective, a slow disk): no GIL held at all
+"""
+
+
+def test_the_watchdog_does_not_fire_on_a_slow_healthy_rank(tmp_path):
+    """The heartbeat thread beats through what a healthy rank's main thread does for long: Python loops, long torch
+    ops, a large checkpoint write, blocking waits. A 2 s --hang-timeout against 0.25 s beats never fires."""
+    from hvdat.launch.job import run_job
+
+    script = tmp_path / "slow.py"
+    checkpoint = tmp_path / "ckpt.pt"
+    script.write_text(f"CKPT = {str(checkpoint)!r}\n" + SLOW_BUT_HEALTHY)
+    result = run_job(
+        [sys.executable, str(script)], tmp_path / "log", lambda event: None, {"PYTHONPATH": str(REPO)},
+        hang_timeout=2.0, rank_hosts=("localhost",),
+    )  # fmt: skip
+    assert result.returncode == 0, result.tails
+    assert not result.observed.hung
+    assert result.observed.ended == {0} and checkpoint.stat().st_size > 200e6
 
 
 def test_sigkill_during_mpi_eval_keeps_its_chunks_and_the_rerun_continues(tmp_path, reference):

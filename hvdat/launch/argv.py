@@ -59,6 +59,7 @@ class Launch:
     graceful_workers: Tuple[str, ...] = ()
     rank_hosts: Tuple[str, ...] = ()  # rank r's host, for errors that name it (empty: elastic, not known up front)
     failure_dir: Optional[str] = None  # where failed ranks write their records (beside the job's config)
+    hang_timeout: float = 0.0  # seconds without a rank's heartbeat before the launcher ends the job (0: no watchdog)
 
     def display(self) -> str:
         """For --dry-run: a copy-pasteable line, the added environment first."""
@@ -135,13 +136,18 @@ def build_launch(
     timeline = spec.timeline_filename if rank0_is_here(spec) else None
     workers = (module, str(config)) if graceful else ()
     failures = str(Path(config).parent / FAILURES_DIR)
+    # an elastic job's ranks come and go (and are renumbered): a lost worker's silence is Horovod's to handle
+    hang = 0.0 if spec.elastic else float(spec.hang_timeout)
     if is_local_single(spec):
         return Launch(
             worker_argv(module, config), tuning_env(spec), spec.output_filename, timeline, workers, ("localhost",),
-            failures,
+            failures, hang,
         )  # fmt: skip
     argv = horovodrun_argv(spec, module, config, horovodrun)
-    return Launch(argv, timeline=timeline, graceful_workers=workers, rank_hosts=rank_hosts(spec), failure_dir=failures)
+    return Launch(
+        argv, timeline=timeline, graceful_workers=workers, rank_hosts=rank_hosts(spec), failure_dir=failures,
+        hang_timeout=hang,
+    )  # fmt: skip
 
 
 def rank_hosts(spec: LaunchSpec) -> Tuple[str, ...]:

@@ -1,11 +1,14 @@
 """Why a job failed: the first rank to fail and its cause, told apart from the other ranks' echoes of it.
 
-Three sources, none needing torch: the workers' `error` events (each rank's exception, host and time; also
-written as `hvdat-failures/rank-R.json` beside the job's config, where a rank's output could be lost), horovodrun's and
+Three sources, none needing torch: the workers' `error` events (each rank's exception, host and time; also written
+as `hvdat-failures/rank-R.json` beside the job's config, where a rank's output could be lost), horovodrun's and
 mpirun's own lines (`Process 1 exit with status code 137`, `... exited on signal 9`), and Horovod's stall check
 (`Missing ranks:`). A rank killed by SIGKILL leaves no exception: its exit status tells.
 
-The rules, in order: a rank's own exception (not Horovod's shutdown that every other rank then sees); a rank that
+A fourth, the launcher's watchdog (`--hang-timeout`): a rank whose heartbeats stopped (hvdat.runtime.heartbeat).
+
+The rules, in order: a rank the watchdog found silent (it then ended the job: the others' errors are its doing); a
+rank's own exception (not Horovod's shutdown that every other rank then sees); a rank that
 Horovod's stall check found missing (stopped, hung, or cut off); a rank that died (signal or non-zero exit) before
 horovodrun began terminating the others; the rank horovodrun names first; the earliest error.
 """
@@ -74,6 +77,9 @@ class Observed:
     hosts: Dict[int, str] = field(default_factory=dict)
     stalled: Set[int] = field(default_factory=set)
     timed_out: Dict[int, int] = field(default_factory=dict)  # rank -> ms it waited for a silent peer (Gloo)
+    beats: Dict[int, float] = field(default_factory=dict)  # rank -> time.monotonic() of its last heartbeat
+    ended: Set[int] = field(default_factory=set)  # ranks whose last heartbeat said they were done
+    hung: Dict[int, float] = field(default_factory=dict)  # rank -> seconds without a heartbeat (the watchdog's)
     _in_stall: bool = False
 
     def launcher_line(self, text: str) -> None:
@@ -112,6 +118,19 @@ class Observed:
             else:
                 self._in_stall = False
 
+    def beat(self, rank: int, event: dict, now: float) -> None:
+        self.beats[rank] = now
+        if event.get("end"):
+            self.ended.add(rank)
+
+    def silent(self, now: float, timeout: float) -> List[int]:
+        """The ranks that beat before but not for `timeout` s, and neither said they were done nor exited."""
+        return sorted(
+            rank
+            for rank, last in self.beats.items()
+            if now - last > timeout and rank not in self.ended and rank not in self.exits
+        )
+
     def error(self, rank: int, event: dict) -> None:
         self.rank_line(rank, event.get("message", ""))
         self.errors.setdefault(
@@ -133,7 +152,7 @@ class Failure:
     rank: Optional[int]
     host: str
     cause: str  # one line: "was killed by SIGKILL: ...", "raised ValueError: ...", "stopped responding ..."
-    kind: str  # exception | signal | exit | stall | unknown
+    kind: str  # exception | signal | exit | stall | hang | unknown
     exit_code: Optional[int] = None
     signal: Optional[str] = None
     exception: Optional[str] = None
@@ -169,6 +188,18 @@ def diagnose(observed: Observed, returncode: int, rank_hosts: Sequence[str] = ()
     if len(rank_hosts) == 1 and not observed.exits and returncode != 0:
         observed.exits[0] = returncode  # a worker run directly: its own exit status
         observed.exits_before_termination.append(0)
+    if observed.hung:  # the watchdog ended the job: the others' errors and exits are its doing
+        rank = min(observed.hung)
+        failure = Failure(
+            rank,
+            "",
+            f"stopped responding (no heartbeat for {observed.hung[rank]:g} s): hung or stopped",
+            "hang",
+        )
+        failure.host = host_of(rank, observed, rank_hosts)
+        for other in sorted(set(observed.hung) - {rank}):
+            failure.consequences[other] = f"also stopped responding (no heartbeat for {observed.hung[other]:g} s)"
+        return failure
     own = sorted((error.time, rank) for rank, error in observed.errors.items() if not ECHOES.search(error.message))
     failure: Failure
     if own:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Deque, Dict, List, Optional, Sequence, Set, Tuple
@@ -49,11 +50,13 @@ def run_job(
     output_dir: Optional[str] = None,
     graceful_workers: Sequence[str] = (),
     rank_hosts: Sequence[str] = (),
+    hang_timeout: float = 0.0,
 ) -> JobResult:
     """Run argv to completion. Ctrl-C (or SIGTERM to us) becomes a SIGTERM to this machine's workers whose command
     line holds every one of `graceful_workers` (they agree on a step and write a final checkpoint), or to the whole
     job when there are none; a second Ctrl-C kills the job. `output_dir` (a worker run without horovodrun) also
-    gets its output, as horovodrun's --output-filename lays it out: DIR/rank.0/stdout (stderr merged into it)."""
+    gets its output, as horovodrun's --output-filename lays it out: DIR/rank.0/stdout (stderr merged into it).
+    `hang_timeout` > 0: a watchdog ends the job when a rank that was beating stops for that long (`_watch`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
@@ -75,6 +78,11 @@ def run_job(
             target=_pump, args=(proc, log, tails, start_failures, result, on_event, echo, copy), daemon=True
         )
         reader.start()
+        watching = threading.Event()
+        if hang_timeout > 0:
+            threading.Thread(
+                target=_watch, args=(proc, result.observed, hang_timeout, watching), name="hvdat-watchdog", daemon=True
+            ).start()
         interrupts = 0
         previous = _sigterm_as_interrupt()
         while True:
@@ -90,7 +98,10 @@ def run_job(
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         reader.join(timeout=10)
+        watching.set()
     result.returncode = proc.returncode
+    if result.observed.hung and result.returncode < 0:  # the watchdog's signal, not the job's own status
+        result.returncode = 1
     result.tails = {rank: list(lines) for rank, lines in tails.items()}
     result.not_started = start_failures.by_host
     return result
@@ -117,6 +128,7 @@ def run_collecting(
     output_dir: Optional[str] = None,
     graceful_workers: Sequence[str] = (),
     rank_hosts: Sequence[str] = (),
+    hang_timeout: float = 0.0,
 ) -> Tuple[JobResult, Dict[str, List[dict]]]:
     """`run_job`, also keeping the events of the given kinds (e.g. `epoch`, `result`), in order."""
     found: Dict[str, List[dict]] = {kind: [] for kind in kinds}
@@ -127,7 +139,14 @@ def run_collecting(
         on_event(event)
 
     result = run_job(
-        argv, log_path, collect, env, output_dir=output_dir, graceful_workers=graceful_workers, rank_hosts=rank_hosts
+        argv,
+        log_path,
+        collect,
+        env,
+        output_dir=output_dir,
+        graceful_workers=graceful_workers,
+        rank_hosts=rank_hosts,
+        hang_timeout=hang_timeout,
     )
     return result, found
 
@@ -150,6 +169,7 @@ def run_launch(
             launch.output_dir,
             launch.graceful_workers,
             launch.rank_hosts,
+            launch.hang_timeout,
         )
         read_records(failures, result.observed)
         return result, found
@@ -185,6 +205,11 @@ def _pump(
 ) -> None:
     writable = True  # until the disk is full: the job's output must still be read, or its ranks block on it
     for line in proc.stdout:
+        rank, text = events.split_prefix(line.rstrip("\n"))
+        event = events.parse(text)
+        if event is not None and event.get("event") == "beat":  # the watchdog's alone: not logged, not routed
+            result.observed.beat(0 if rank is None else rank, event, time.monotonic())
+            continue
         if writable:
             try:
                 log.write(line)
@@ -197,8 +222,6 @@ def _pump(
         if copy is not None:
             copy.write(line)
             copy.flush()
-        rank, text = events.split_prefix(line.rstrip("\n"))
-        event = events.parse(text)
         if event is None:
             tails[rank].append(text)
             start_failures.feed(rank, text)
@@ -219,6 +242,21 @@ def _pump(
         except OSError as exc:  # e.g. TensorBoard's files on a full disk: keep reading the job's output
             if len(result.launcher_errors) < 5:
                 result.launcher_errors.append(f"handling a {event.get('event')} event: {exc}")
+
+
+def _watch(proc: subprocess.Popen, observed: Observed, timeout: float, done: threading.Event) -> None:
+    """The launcher's watchdog: a rank that has beaten (hvdat.runtime.heartbeat) and then stays silent for `timeout`
+    s while the job runs is stopped or hung (its every thread is; a rank merely waiting in a collective still
+    beats). Mark it and SIGKILL the job's process group: not SIGTERM, which the other ranks would take for a graceful
+    stop (and mpirun sends SIGCONT first), reporting an interrupt instead of the hang. mpirun's remote daemons end
+    their ranks when mpirun is gone; a remote Gloo rank ends when its peers' connections close."""
+    while not done.wait(1.0):
+        silent = observed.silent(time.monotonic(), timeout)
+        if silent:
+            for rank in silent:
+                observed.hung[rank] = timeout
+            _signal_group(proc, signal.SIGKILL)
+            return
 
 
 def _sigterm_as_interrupt():

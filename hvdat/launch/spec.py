@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..errors import UsageError
+from ..events import HANG_TIMEOUT_LEAST, HEARTBEAT_SECONDS
 from ..options import CLUSTER, HOROVOD, option
 
 LAUNCHERS = ("gloo", "mpi")
@@ -98,6 +99,13 @@ class LaunchSpec:
         None,
         "Seconds a Gloo collective waits for a silent rank (stopped, hung, or on a lost host) before the job fails "
         "and names it (Horovod's default 30; an elastic job's joining workers need more than their start-up).",
+        HOROVOD,
+    )
+    hang_timeout: float = option(
+        120.0,
+        "Seconds without a heartbeat from a rank (each worker beats every 2 s from a thread of its own, also while its "
+        "main thread computes, evaluates or writes) before the launcher ends the job and names that rank as hung or "
+        "stopped; Gloo and MPI alike (MPI has no timeout of its own). 0: off. Not for elastic jobs.",
         HOROVOD,
     )
     log_level: Optional[str] = option(
@@ -210,6 +218,11 @@ def validate_tuning(spec: LaunchSpec) -> None:
     ):
         if value is not None and not value >= least:  # also refuses NaN
             raise UsageError(f"{name} must be >= {least}, got {value}")
+    if not (spec.hang_timeout == 0 or spec.hang_timeout >= HANG_TIMEOUT_LEAST):  # also refuses NaN
+        raise UsageError(
+            f"--hang-timeout must be 0 (off) or >= {HANG_TIMEOUT_LEAST:g} s, got {spec.hang_timeout}",
+            f"the workers beat every {HEARTBEAT_SECONDS:g} s",
+        )
     if spec.log_level is not None and spec.log_level.upper() not in LOG_LEVELS:
         raise UsageError(f"unknown --log-level {spec.log_level!r}", f"choose from: {', '.join(LOG_LEVELS)}")
     if spec.timeline_mark_cycles and not spec.timeline_filename:

@@ -19,6 +19,7 @@ from typing import Callable, List, Optional
 
 from .. import events
 from ..errors import UsageError
+from .heartbeat import Heartbeat
 
 
 def current_rank() -> int:
@@ -47,7 +48,8 @@ def worker_main(
     logging.basicConfig(level=os.environ.get("HVDAT_LOG", "WARNING"), format="%(name)s: %(message)s")
     faulthandler.enable()  # a segfault or abort still prints where it happened; the exit status names the signal
     try:
-        run(args.config)
+        with Heartbeat():
+            run(args.config)
     except UsageError as exc:  # found only where the data is (a folder's layout, image sizes): one line, exit 2
         failure_record(args.config, current_rank(), str(exc), usage=True)
         return UsageError.exit_code
