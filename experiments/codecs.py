@@ -8,7 +8,11 @@ the CPU (`packing.NUMPY_ON_CPU = False`), for comparison. Every repeat times the
 first), so a shared machine's load hits all alike; the table gives medians of GB of fp32 gradient per second of this
 thread's CPU time (wall-clock GB/s in parentheses) and the medians of the per-repeat ratios to old.
 
-    python experiments/codecs.py [--arch resnet50] [--k 2] [--repeats 7] [--codecs sign,ef-sign,natural] [--json]
+The new codecs decode into a gradient-sized tensor, as hvdat's exchange decodes into the gradient
+(`--fresh-output`: into fresh memory, as the old codecs always do).
+
+    python experiments/codecs.py [--arch resnet50] [--k 2] [--repeats 7] [--codecs sign,ef-sign,natural]
+        [--fresh-output] [--json]
 """
 
 from __future__ import annotations
@@ -50,12 +54,16 @@ def timed(work: Callable) -> Dict[str, float]:
     return {"cpu": time.thread_time() - cpu, "wall": time.perf_counter() - wall}
 
 
-def measure(codec, grads: List[torch.Tensor], k: int) -> Dict[str, Dict[str, float]]:
-    """One pass: compress every gradient, then decompress k copies of each payload back to back."""
+def measure(codec, grads: List[torch.Tensor], k: int, into_grad: bool) -> Dict[str, Dict[str, float]]:
+    """One pass: compress every gradient, then decompress k copies of each payload back to back (`into_grad`: into
+    a gradient-sized tensor, as hvdat's exchange decodes into the gradient, instead of fresh memory)."""
     out = {}
     packed = []
     out["encode"] = timed(lambda: packed.extend(codec.compress(g, name=str(i)) for i, g in enumerate(grads)))
-    gathered = [(torch.cat([payload] * k), ctx) for payload, ctx in packed]
+    gathered = [
+        (torch.cat([payload] * k), packing.with_destination(ctx, g.clone()) if into_grad else ctx)
+        for (payload, ctx), g in zip(packed, grads)
+    ]
     out["decode"] = timed(lambda: [codec.decompress(payload, ctx) for payload, ctx in gathered])
     return out
 
@@ -69,6 +77,11 @@ def main() -> None:
     p.add_argument("--codecs", default="sign,ef-sign,natural")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-torch-kernels", action="store_true", help="leave out the torch kernels on the CPU")
+    p.add_argument(
+        "--fresh-output",
+        action="store_true",
+        help="new codecs decode into fresh memory (default: into a gradient-sized tensor, as the exchange does)",
+    )
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -85,7 +98,7 @@ def main() -> None:
             order = impls[repeat % len(impls) :] + impls[: repeat % len(impls)]
             for impl in order:
                 packing.NUMPY_ON_CPU = impl != "torch"
-                result = measure(codecs[impl], grads, args.k)
+                result = measure(codecs[impl], grads, args.k, impl != "old" and not args.fresh_output)
                 if repeat >= args.warmup:
                     samples[impl].append(result)
             packing.NUMPY_ON_CPU = True

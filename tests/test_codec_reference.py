@@ -253,3 +253,38 @@ def test_the_mean_of_scales_is_numpys_float64_mean():
         host = packing.mean_as_float64([float(v) for v in scales])
         device = packing.mean_as_float64(torch.from_numpy(scales)).numpy()[0]
         assert (np.isnan(expected) and np.isnan(host) and np.isnan(device)) or expected == host == device
+
+
+# --- decoding into the gradient's memory (what the exchange does) --------------------------------------------------
+@pytest.mark.parametrize(
+    "new, old",
+    [
+        (SignCompressor, ref.SignCompressor),
+        (EFSignCompressor, ref.EFSignCompressor),
+        (NaturalCompressor, ref.NaturalCompressor),
+    ],
+    ids=["sign", "ef-sign", "natural"],
+)
+def test_decoding_into_the_gradient_gives_the_reference_floats_and_reuses_its_memory(kernels, new, old):
+    """`packing.with_destination(ctx, grad)`: the aggregate is written over grad (garbage there must not leak in)
+    when grad is a contiguous float32 tensor that holds whole bytes of elements; otherwise a fresh tensor, and grad
+    is left alone. Either way the floats are the reference's."""
+    for k in (1, 2, 3):
+        for i, shape in enumerate([(7,), (8,), (4, 17), (16, 12), (64, 3, 7, 7), (PAIR_TABLE_MIN + 8,)]):
+            for dtype in (torch.float32, torch.float16):
+                gathered, ctx = payloads(old, shape, dtype, k, 10 * i + k)
+                expected = old.decompress(gathered, ctx)
+                grads = {
+                    "fits": torch.full(shape, float("nan"), dtype=dtype),
+                    "strided": torch.full(tuple(shape) + (2,), float("nan"), dtype=dtype)[..., 0],
+                }
+                for how, grad in grads.items():
+                    before = grad.clone()
+                    got = new.decompress(gathered, packing.with_destination(ctx, grad))
+                    assert same(got, expected), (new, k, shape, dtype, how)
+                    numel = grad.numel()
+                    whole = new is NaturalCompressor or numel % 8 == 0
+                    reused = how == "fits" and dtype == torch.float32 and whole
+                    assert (got.data_ptr() == grad.data_ptr()) == reused, (new, k, shape, dtype, how)
+                    if not reused:
+                        assert same(grad, before), (new, k, shape, dtype, how)

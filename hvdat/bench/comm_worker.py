@@ -3,7 +3,8 @@
 For each compressor it wraps a model-shaped set of gradients in hvdat's DistributedOptimizer and, per step, hands
 the gradients over in reverse order (as backward produces them, through the same `_allreduce_grad_async` that the
 hooks call), then `synchronize()`s, which decodes each result while later ones are in flight. Separately, rank 0
-times compress and decompress alone on one core, in wall and thread CPU time. Rank 0 prints one `@@hvdat` `row`
+times compress and decompress alone on one core, in wall and thread CPU time (packed codecs decoding into a
+gradient-sized tensor, as the exchange decodes into the gradient). Rank 0 prints one `@@hvdat` `row`
 event per compressor.
 """
 
@@ -18,6 +19,7 @@ import torch
 
 from .. import events
 from ..compression import wire_bytes
+from ..compression.packing import with_destination
 from ..runtime.distributed_optimizer import DistributedOptimizer
 from ..runtime.horovod_compression import build_compressor
 from ..runtime.worker_main import worker_main
@@ -56,7 +58,11 @@ def time_codec(compressor, grads: List[torch.Tensor], size: int, repeats: int) -
 
     for _ in range(repeats):
         packed = timed("compress", compress_all)
-        gathered = [(torch.cat([payload] * size) if packed_ else payload, ctx) for payload, ctx in packed]
+        # packed codecs decode into the gradient's memory, as the exchange does (a copy: `grads` stay intact)
+        gathered = [
+            (torch.cat([payload] * size), with_destination(ctx, g.clone())) if packed_ else (payload, ctx)
+            for (payload, ctx), g in zip(packed, grads)
+        ]
         timed("decompress", decompress_all(gathered))
     return {key: statistics.median(values) for key, values in times.items()}
 

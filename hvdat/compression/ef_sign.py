@@ -122,16 +122,17 @@ def _apply(out: torch.Tensor, delta: torch.Tensor, mode: str) -> None:
         out -= delta
 
 
-def mean_of_scaled_signs(rows: torch.Tensor, numel: int, nblocks: int) -> torch.Tensor:
+def mean_of_scaled_signs(rows: torch.Tensor, numel: int, nblocks: int, ctx=()) -> torch.Tensor:
     """The mean of k payloads' δ_w: (0 + δ_0) + δ_1 + ..., every δ_w = ±1 × (s_w / k) in float32, as numpy did.
-    Returns 8 values per byte of bits (the tail is padding)."""
+    Returns 8 values per byte of bits (the tail is padding), in the gradient ctx carries when it fits
+    (`packing.destination`)."""
     if packing.use_numpy(rows):  # the host kernel (numpy's take of 8 signs per byte)
-        return packing.mean_of_scaled_signs_numpy(rows.numpy(), numel, nblocks)
+        return packing.mean_of_scaled_signs_numpy(rows.numpy(), numel, nblocks, ctx)
     k, device = rows.shape[0], rows.device
     scale_bytes = packing.SCALE_BYTES * nblocks
     scales = packing.header_floats(rows, nblocks) / torch.full((1,), k, dtype=torch.float32, device=device)
     bits = rows[:, scale_bytes:]
-    out = packing.empty(8 * bits.shape[1], torch.float32, device)
+    out = packing.destination(ctx, 8 * bits.shape[1], device)
     first = 0
     if nblocks == 1 and k >= 2:  # one scale each: (0 + δ_0) + δ_1 through one look-up per pair of nibbles
         signs = packing.table("sign_nibble", device)
@@ -197,7 +198,7 @@ class EFSignCompressor:
         shape = ctx[0]
         numel = prod(shape)
         rows = packing.rows(payload, wire_bytes(shape))
-        return packing.to_tensor(mean_of_scaled_signs(rows, numel, blocks(shape)), ctx)
+        return packing.to_tensor(mean_of_scaled_signs(rows, numel, blocks(shape), ctx), ctx)
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, torch.Tensor]:

@@ -263,9 +263,10 @@ class NaturalCompressor:
         return self.encode(packing.as_float32(tensor), tensor.dtype, name), packing.ctx_of(tensor)
 
     @staticmethod
-    def decode(rows: torch.Tensor, numel: int) -> torch.Tensor:
+    def decode(rows: torch.Tensor, numel: int, ctx=()) -> torch.Tensor:
         """The mean of the rows' decoded values (row 0, then + row 1, ... in float32) through per-row code tables;
-        on large tensors rows 0 and 1 together, through a table of their sums for every pair of codes."""
+        on large tensors rows 0 and 1 together, through a table of their sums for every pair of codes. Written into
+        the gradient ctx carries when it fits (`packing.destination`)."""
         k, device = rows.shape[0], rows.device
         if packing.on_host(rows):
             bases = [int(b) for b in rows.numpy()[:, 0]]
@@ -273,7 +274,7 @@ class NaturalCompressor:
         else:
             tables = code_table(rows[:, 0], k)
         codes = rows[:, HEADER_BYTES:]
-        out = packing.empty(numel, torch.float32, device)
+        out = packing.destination(ctx, numel, device)
         paired = k >= 2 and numel >= PAIR_TABLE_MIN
         if paired:  # v0 + v1 for every pair of codes
             if packing.on_host(rows):
@@ -294,4 +295,4 @@ class NaturalCompressor:
     def decompress(payload: torch.Tensor, ctx) -> torch.Tensor:
         numel = packing.numel_of(ctx[0])
         rows = packing.rows(payload, NaturalCompressor.wire_bytes(numel))
-        return packing.to_tensor(NaturalCompressor.decode(rows, numel), ctx)
+        return packing.to_tensor(NaturalCompressor.decode(rows, numel, ctx), ctx)

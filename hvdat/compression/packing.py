@@ -151,9 +151,34 @@ def ctx_of(tensor: torch.Tensor) -> Tuple[torch.Size, torch.dtype, torch.device]
     return tensor.shape, tensor.dtype, tensor.device
 
 
+def with_destination(ctx, grad: Optional[torch.Tensor]):
+    """ctx plus the gradient tensor whose memory the decoder may overwrite with the aggregate (see `destination`).
+    The exchange passes the gradient it just encoded: backward already faulted its pages in, so decoding there
+    instead of into fresh memory saves a gradient-sized allocation and its page faults every step."""
+    return tuple(ctx[:3]) + (grad,)
+
+
+def destination(ctx, numel: int, device: torch.device) -> torch.Tensor:
+    """Where a decoder writes its `numel` float32 values (padding included): the gradient ctx carries (4th item)
+    when it is a plain contiguous float32 tensor of exactly `numel` elements on `device` (so bit codecs use it for
+    whole bytes only), else a fresh tensor."""
+    into = ctx[3] if len(ctx) > 3 else None
+    if (
+        isinstance(into, torch.Tensor)
+        and into.dtype == torch.float32
+        and into.device == device
+        and into.numel() == numel
+        and into.is_contiguous()
+        and not into.requires_grad
+        and not into.is_sparse
+    ):
+        return into.view(-1)
+    return empty(numel, torch.float32, device)
+
+
 def to_tensor(values: torch.Tensor, ctx) -> torch.Tensor:
     """float32 values (at least the shape's numel, then padding) -> the tensor of the original shape and dtype."""
-    shape, dtype, device = ctx
+    shape, dtype, device = ctx[:3]
     numel = numel_of(shape)
     out = (values if values.numel() == numel else values[:numel]).view(shape)
     if out.device != device:  # only when a payload is decoded on another device than the gradient's
@@ -571,14 +596,14 @@ def ef_encode_numpy(update: np.ndarray, residual: np.ndarray, payload: np.ndarra
     payload[:scale_bytes] = scales.view(np.uint8)
 
 
-def mean_of_scaled_signs_numpy(data: np.ndarray, numel: int, nblocks: int) -> np.ndarray:
+def mean_of_scaled_signs_numpy(data: np.ndarray, numel: int, nblocks: int, ctx=()) -> np.ndarray:
     """The host kernel of ef-sign's decode: for k payload rows (k, bytes) the mean of their δ_w = ±1 × (s_w / k),
     accumulated from zero in row order in float32 as the numpy codec did; 8 values per byte of bits."""
     k = data.shape[0]
     scale_bytes = SCALE_BYTES * nblocks
     scales = np.ndarray((k, nblocks), np.dtype("<f4"), data, 0, (data.strides[0], 4)) / np.float32(k)
     bits = data[:, scale_bytes:]
-    out = empty(8 * bits.shape[1], torch.float32, torch.device("cpu"))
+    out = destination(ctx, 8 * bits.shape[1], torch.device("cpu"))
     values = out.numpy()
     if numel == 0:
         return out

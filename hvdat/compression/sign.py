@@ -61,9 +61,10 @@ def vote_nibbles(bits) -> torch.Tensor:
     return packing.look_up(packing.table("vote_nibbles", device), packing.pair_index(negative, positive), "nibbles")
 
 
-def majority_vote(rows: torch.Tensor) -> torch.Tensor:
+def majority_vote(rows: torch.Tensor, ctx=()) -> torch.Tensor:
     """Decode k sign payloads into mean_scale · sign(Σ signs) as float32, ties -> 0 (vote × scale in float32, so a
-    non-finite scale makes ties NaN, on purpose). Returns 8 values per byte (the tail is padding)."""
+    non-finite scale makes ties NaN, on purpose). Returns 8 values per byte (the tail is padding), in the gradient
+    ctx carries when it fits (`packing.destination`)."""
     device = rows.device
     if packing.on_host(rows):  # scales and look-up keys from the bytes in place, the k scales averaged in Python
         data = rows.numpy()
@@ -75,7 +76,7 @@ def majority_vote(rows: torch.Tensor) -> torch.Tensor:
         votes = packing.quads(packing.table("vote_nibble", device) * scale)
         bits = rows[:, packing.SCALE_BYTES :]
     nbytes = bits.shape[1]
-    out = packing.empty(8 * nbytes, torch.float32, device)
+    out = packing.destination(ctx, 8 * nbytes, device)
     for start, stop in packing.chunks(nbytes, device, 1, 8):
         whole = stop - start == nbytes
         packing.expand4(
@@ -103,4 +104,4 @@ class SignCompressor:
     @staticmethod
     def decompress(payload: torch.Tensor, ctx) -> torch.Tensor:
         rows = packing.rows(payload, SignCompressor.wire_bytes(packing.numel_of(ctx[0])))
-        return packing.to_tensor(majority_vote(rows), ctx)
+        return packing.to_tensor(majority_vote(rows, ctx), ctx)

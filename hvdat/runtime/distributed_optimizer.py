@@ -25,6 +25,7 @@ from horovod.torch.mpi_ops import allgather_async, size
 from horovod.torch.optimizer import _DistributedOptimizer
 
 from ..compression.local_update import local_sgd_update
+from ..compression.packing import with_destination
 
 
 class _PackedExchange:
@@ -52,6 +53,9 @@ class _PackedExchange:
         )
         payload, ctx = self._compression.compress(tensor, name=name)
         self._bytes_this_step += payload.numel() * payload.element_size()
+        # the aggregate is decoded into p.grad's own memory (already faulted in by backward, and read by nothing
+        # once encoded), not into a fresh gradient-sized allocation
+        ctx = with_destination(ctx, p.grad)
         return allgather_async(payload, name=f"hvdat.packed.{name}", process_set=self.process_set), ctx
 
     def synchronize(self):
