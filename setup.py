@@ -20,6 +20,7 @@ setup(
         "typer>=0.12",
         "rich>=13",
         "numpy>=1.24",
+        "numba>=0.60",  # compiled host kernels of the gradient codecs (hvdat/compression/kernels.py)
         "psutil>=5.8",  # the launcher finds its own host's workers to stop them gracefully
         "scikit-learn>=1.3",  # ships the embedded `digits` dataset
         "matplotlib>=3.7",  # hvdat report

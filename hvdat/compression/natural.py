@@ -24,7 +24,8 @@ whose variance grows by at most 1/8 of the second moment. With k = 1, decompress
 neighbouring power of two.
 
 Encoding and decoding run on the gradient's device, as torch operations (CPU tensors: partly numpy kernels, see
-`hvdat.compression.packing`), without synchronising with it. The random bits come from a counter-based hash of
+`hvdat.compression.packing`, and the encode's hash, rounding and look-up fused in one compiled numba pass,
+`hvdat.compression.kernels`), without synchronising with it. The random bits come from a counter-based hash of
 (seed, parameter name, how many times that name was encoded, element index): no generator state lives on any
 device, the draws do not depend on the order in which gradients arrive, the same bits come out on a CPU and a GPU,
 and the state to checkpoint is the seed and one counter per name. The format and the decoding are those of the numpy
@@ -197,6 +198,10 @@ class NaturalCompressor:
         the returned tensor. (Tests replace this to feed chosen integers.)"""
         return hash_bits23(key, start, stop, device)
 
+    def _hashed_bits(self) -> bool:
+        """Whether the random integers are `hash_bits23`'s (not a test's replacement of `random_bits23`)."""
+        return getattr(self.random_bits23, "__func__", None) is NaturalCompressor.random_bits23
+
     def encode(self, values: torch.Tensor, dtype: torch.dtype, name: str = "") -> torch.Tensor:
         """float32 values (contiguous, 1-D) -> the payload, on their device."""
         numel, device = values.numel(), values.device
@@ -233,6 +238,12 @@ class NaturalCompressor:
         key = self.key(name)
         out = payload[HEADER_BYTES:]
         host = packing.use_numpy(values)
+        if host and special is None and self._hashed_bits():
+            from . import kernels  # (numba: imported at the first encode, not at every CLI start)
+
+            if kernels.ENABLED:  # hash, rounding and look-up in one compiled pass
+                kernels.natural_codes(bits.numpy().view(np.uint32), key, 0, lut.numpy(), out.numpy())
+                return payload
         if host:
             raw = bits.numpy()
         for start, stop in packing.chunks(numel, device):
