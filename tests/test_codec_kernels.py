@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
-from hvdat.compression import kernels
+from hvdat.compression import kernels, packing
 from hvdat.compression.natural import NaturalCompressor
+from hvdat.compression.sign import SignCompressor
 
 
 def natural_payloads(x: torch.Tensor, compiled: bool, monkeypatch) -> list:
@@ -29,3 +31,31 @@ def test_natural_kernel_encodes_the_numpy_bytes(numel, monkeypatch):
     reference = natural_payloads(x, False, monkeypatch)
     for got, expected in zip(compiled, reference):
         assert got.dtype == torch.uint8 and torch.equal(got, expected), numel
+
+
+def same_floats(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """The same float32 bits, NaN matching any NaN."""
+    return a.shape == b.shape and bool(((a.view(torch.int32) == b.view(torch.int32)) | (a.isnan() & b.isnan())).all())
+
+
+@pytest.mark.parametrize("codec", [SignCompressor, NaturalCompressor], ids=["sign", "natural"])
+def test_decode_kernels_give_the_numpy_floats(codec, monkeypatch):
+    """Arbitrary gathered bytes (every code, and scales/headers that are negative, zero, subnormal, inf or NaN), k
+    rows, sizes on both sides of where the kernels take over."""
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 4):
+        for numel in (packing.SMALL - 8, packing.SMALL, 8 * packing.SMALL + 8, 1 << 16):
+            row = codec.wire_bytes(numel)
+            for _ in range(3):
+                gathered = torch.from_numpy(rng.integers(0, 256, k * row, dtype=np.uint8))
+                if codec is SignCompressor and rng.random() < 0.5:  # mostly ordinary scales
+                    for r in range(k):
+                        gathered[r * row : r * row + 4] = torch.tensor([rng.random()], dtype=torch.float32).view(
+                            torch.uint8
+                        )
+                ctx = (torch.Size([numel]), torch.float32, torch.device("cpu"))
+                results = []
+                for compiled in (True, False):
+                    monkeypatch.setattr(kernels, "ENABLED", compiled)
+                    results.append(codec.decompress(gathered, ctx))
+                assert same_floats(*results), (codec, k, numel)

@@ -47,3 +47,44 @@ def natural_codes(raw: np.ndarray, key: int, start: int, lut: np.ndarray, out: n
     (`natural.hash_bits23` of `key`) added to its float bits (`raw`, their uint32 view), the carried 9 bits of sign
     and exponent looked up in `lut` (512 codes), written to `out` (uint8)."""
     _natural_codes(raw, np.uint32(key & _M32), np.uint32((key >> 32) & _M32), start, lut, out)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _natural_mean(codes, tables, out):  # pragma: no cover (compiled)
+    k = codes.shape[0]
+    first, second = codes[0], tables[0]
+    if k == 1:
+        for j in range(out.size):
+            out[j] = second[first[j]]
+        return
+    other, other_table = codes[1], tables[1]
+    for j in range(out.size):
+        out[j] = second[first[j]] + other_table[other[j]]
+    for i in range(2, k):
+        row, table = codes[i], tables[i]
+        for j in range(out.size):
+            out[j] += table[row[j]]
+
+
+def natural_mean(codes: np.ndarray, tables: np.ndarray, out: np.ndarray) -> None:
+    """natural's decode of k rows of codes ((k, n) uint8) through their code tables ((k, 256) float32, 1/k
+    applied): out[j] = (t_0[c_0j] + t_1[c_1j]) + t_2[c_2j] + ..., in float32 and in this order, as the look-ups of
+    the numpy path add them."""
+    _natural_mean(codes, tables, out)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _sign_vote2(first, second, scale, out):  # pragma: no cover (compiled)
+    for j in range(first.size):
+        a, b = first[j], second[j]
+        negative = a & b
+        positive = ~(a | b)
+        for bit in range(8):
+            vote = np.float32((positive >> bit) & 1) - np.float32((negative >> bit) & 1)
+            out[8 * j + bit] = vote * scale
+
+
+def sign_vote2(first: np.ndarray, second: np.ndarray, scale: np.float32, out: np.ndarray) -> None:
+    """sign's majority vote of two rows of packed signs (uint8, set = negative): 8 floats per byte, each the vote
+    (+1 both positive, -1 both negative, 0 a tie) times `scale` in float32, as the vote tables hold it."""
+    _sign_vote2(first, second, np.float32(scale), out)

@@ -286,6 +286,13 @@ class NaturalCompressor:
             tables = code_table(rows[:, 0], k)
         codes = rows[:, HEADER_BYTES:]
         out = packing.destination(ctx, numel, device)
+        if packing.use_numpy(rows) and numel >= packing.SMALL:
+            from . import kernels
+
+            if kernels.ENABLED:  # every row's look-up and the sum in one compiled pass
+                tables_ = np.stack([table.numpy() for table in tables])
+                kernels.natural_mean(codes.numpy(), tables_, out.numpy())
+                return out
         paired = k >= 2 and numel >= PAIR_TABLE_MIN
         if paired:  # v0 + v1 for every pair of codes
             if packing.on_host(rows):

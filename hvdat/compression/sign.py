@@ -77,6 +77,12 @@ def majority_vote(rows: torch.Tensor, ctx=()) -> torch.Tensor:
         bits = rows[:, packing.SCALE_BYTES :]
     nbytes = bits.shape[1]
     out = packing.destination(ctx, 8 * nbytes, device)
+    if packing.on_host(rows) and packing.NUMPY_ON_CPU and rows.shape[0] == 2 and nbytes >= packing.SMALL:
+        from . import kernels
+
+        if kernels.ENABLED:  # the vote of two rows and its floats in one compiled pass
+            kernels.sign_vote2(bits[0], bits[1], scale, out.numpy())
+            return out
     for start, stop in packing.chunks(nbytes, device, 1, 8):
         whole = stop - start == nbytes
         packing.expand4(
