@@ -277,6 +277,7 @@ def test_decoding_into_the_gradient_gives_the_reference_floats_and_reuses_its_me
                 grads = {
                     "fits": torch.full(shape, float("nan"), dtype=dtype),
                     "strided": torch.full(tuple(shape) + (2,), float("nan"), dtype=dtype)[..., 0],
+                    "unaligned": torch.full((math.prod(shape) + 1,), float("nan"), dtype=dtype)[1:].view(shape),
                 }
                 for how, grad in grads.items():
                     before = grad.clone()

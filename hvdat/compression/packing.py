@@ -161,7 +161,7 @@ def with_destination(ctx, grad: Optional[torch.Tensor]):
 def destination(ctx, numel: int, device: torch.device) -> torch.Tensor:
     """Where a decoder writes its `numel` float32 values (padding included): the gradient ctx carries (4th item)
     when it is a plain contiguous float32 tensor of exactly `numel` elements on `device` (so bit codecs use it for
-    whole bytes only), else a fresh tensor."""
+    whole bytes only), 16-byte aligned, else a fresh tensor."""
     into = ctx[3] if len(ctx) > 3 else None
     if (
         isinstance(into, torch.Tensor)
@@ -169,6 +169,7 @@ def destination(ctx, numel: int, device: torch.device) -> torch.Tensor:
         and into.device == device
         and into.numel() == numel
         and into.is_contiguous()
+        and into.storage_offset() % 4 == 0  # the decoders view 4 floats as one complex128
         and not into.requires_grad
         and not into.is_sparse
     ):
