@@ -167,9 +167,10 @@ def image(base_image, index_urls, tmp_path_factory):
     log = tmp_path_factory.mktemp("build") / "build.log"
     argv = ["nice", "-n", "10", DOCKER, "build", "--network", "host", "-f", "docker/Dockerfile"]
     argv += ["--build-arg", f"BASE={base_image}", "-t", IMAGE]
-    if index_urls:
-        argv += ["--build-arg", f"PIP_EXTRA_INDEX_URL={' '.join(index_urls)}"]
-        argv += ["--build-arg", "PIP_TRUSTED_HOST=127.0.0.1"]
+    if index_urls:  # a secret, not a build argument: the served index's port changes per run, the cache key must not
+        pip_conf = log.parent / "pip.conf"
+        pip_conf.write_text(f"[global]\nextra-index-url = {' '.join(index_urls)}\ntrusted-host = 127.0.0.1\n")
+        argv += ["--secret", f"id=pip_conf,src={pip_conf}"]
     if _pip_cert():
         argv += ["--secret", f"id=pip_cert,src={_pip_cert()}"]
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}  # BuildKit: docker/Dockerfile.dockerignore and the secret mount
