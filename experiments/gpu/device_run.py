@@ -21,6 +21,7 @@ results.json in --out is rewritten after every step, so a call cut short still r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -116,11 +117,11 @@ class Bench:
         self.log(f"start {name} (timeout {timeout:.0f}s): hvdat {' '.join(map(str, args))}")
         began = time.time()
         with open(self.logs / f"{name}.err", "w") as err:
+            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True, env=self.env, cwd=REPO)
             try:
-                proc = subprocess.run(
-                    argv, stdout=subprocess.PIPE, stderr=err, text=True, env=self.env, timeout=timeout, cwd=REPO
-                )
+                stdout, _ = proc.communicate(timeout=timeout)
             except subprocess.TimeoutExpired:
+                stop(proc)
                 self.error(f"{name}: timed out after {time.time() - began:.0f}s")
                 return None
         wall = time.time() - began
@@ -129,9 +130,9 @@ class Bench:
             self.error(f"{name}: exit {proc.returncode} after {wall:.0f}s: {tail}")
             return None
         try:
-            out = json.loads(proc.stdout)
+            out = json.loads(stdout)
         except json.JSONDecodeError:
-            self.error(f"{name}: no JSON on stdout: {proc.stdout[-500:]}")
+            self.error(f"{name}: no JSON on stdout: {stdout[-500:]}")
             return None
         out["command_wall_s"] = round(wall, 2)
         out["command"] = "hvdat " + " ".join(map(str, args))
@@ -169,6 +170,26 @@ class Bench:
                 small = path.is_file() and path.stat().st_size < 4_000_000
                 if small and path.suffix in (".json", ".jsonl", ".log", ".err", ".txt"):
                     tar.add(path, arcname=str(path.relative_to(self.work)))
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the hvdat command (it stops its workers, which run in their own session), then SIGKILL to it and
+    to whatever of its process tree is left, so a timed-out job frees the GPU."""
+    import psutil
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    proc.terminate()
+    try:
+        proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
 
 
 def environment(b: Bench) -> bool:
