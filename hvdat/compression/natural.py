@@ -238,7 +238,7 @@ class NaturalCompressor:
         key = self.key(name)
         out = payload[HEADER_BYTES:]
         host = packing.use_numpy(values)
-        if host and special is None and self._hashed_bits():
+        if host and special is None and numel >= packing.COMPILED_MIN and self._hashed_bits():
             from . import kernels  # (numba: imported at the first encode, not at every CLI start)
 
             if kernels.ENABLED:  # hash, rounding and look-up in one compiled pass
@@ -286,7 +286,7 @@ class NaturalCompressor:
             tables = code_table(rows[:, 0], k)
         codes = rows[:, HEADER_BYTES:]
         out = packing.destination(ctx, numel, device)
-        if packing.use_numpy(rows) and numel >= packing.SMALL:
+        if packing.use_numpy(rows) and numel >= packing.COMPILED_MIN:
             from . import kernels
 
             if kernels.ENABLED:  # every row's look-up and the sum in one compiled pass

@@ -39,6 +39,11 @@ SCALE_BYTES = 4  # one fp32 per tensor (or per block)
 PACK_MAGIC = 0x0102040810204080  # (8 bytes of 0/1) * PACK_MAGIC >> 56 = those 8 bits, byte j -> bit j
 SMALL = 1 << 12  # up to this many bytes of bits (or codes), the variant with the fewest operations
 
+# From this many elements, CPU tensors go through the compiled kernels where there are some (`kernels`, numba):
+# smaller ones gain little, and a process that never reaches it never imports numba (~0.5 s, plus loading the cached
+# machine code), which keeps small jobs and the test suite's many short runs as fast as before.
+COMPILED_MIN = 1 << 16
+
 # CPU tensors go through the numpy kernels (see the module docstring). Tests turn this off to run the torch kernels,
 # which every other device runs, on the CPU.
 NUMPY_ON_CPU = True

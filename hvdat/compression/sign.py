@@ -77,7 +77,7 @@ def majority_vote(rows: torch.Tensor, ctx=()) -> torch.Tensor:
         bits = rows[:, packing.SCALE_BYTES :]
     nbytes = bits.shape[1]
     out = packing.destination(ctx, 8 * nbytes, device)
-    if packing.on_host(rows) and packing.NUMPY_ON_CPU and rows.shape[0] == 2 and nbytes >= packing.SMALL:
+    if packing.on_host(rows) and packing.NUMPY_ON_CPU and rows.shape[0] == 2 and 8 * nbytes >= packing.COMPILED_MIN:
         from . import kernels
 
         if kernels.ENABLED:  # the vote of two rows and its floats in one compiled pass
