@@ -216,6 +216,51 @@ def test_a_line_cut_short_by_a_kill_does_not_swallow_the_next_chunk(tmp_path):
     assert sorted(ChunkStore(tmp_path, "fp", 0).load()) == [0, 1]
 
 
+def test_the_workers_examples_file_gives_exactly_the_datasets_chunks(tmp_path):
+    """The workers read the evaluated examples from the file `hvdat eval` writes instead of loading the dataset:
+    every chunk must be bit-identical to the dataset's, whether stored as uint8 (digits) or as floats."""
+    from hvdat.data import load_splits
+    from hvdat.eval.chunks import Examples, examples, save_examples
+
+    cpu = torch.device("cpu")
+    digits = load_splits("digits", None, 1).test
+    not_k_over_255 = [(torch.rand(1, 4, 4), i % 3) for i in range(10)]  # not k/255: kept as floats
+    for test, n in ((digits, 40), (not_k_over_255, 10)):
+        save_examples(test, n, tmp_path / "examples.pt")
+        stored = Examples((tmp_path / "examples.pt").read_bytes())
+        for lo, hi in ((0, 7), (7, n)):
+            for got, want in zip(stored.chunk(lo, hi, cpu), examples(test, lo, hi, cpu)):
+                assert got.dtype == want.dtype and torch.equal(got, want)
+    assert stored.x.dtype == torch.float32 and Examples(save_bytes(digits)).x.dtype == torch.uint8
+
+
+def save_bytes(test) -> bytes:
+    import io
+
+    from hvdat.eval.chunks import save_examples
+
+    buffer = io.BytesIO()
+    save_examples(test, 5, buffer)
+    return buffer.getvalue()
+
+
+def test_the_chunk_size_flop_count_matches_torchs_counter():
+    """Forward hooks on convolutions and linear layers count what FlopCounterMode counts (without its TorchDynamo
+    import); a TorchScript model, whose submodules take no hooks, falls back to FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from hvdat.eval.targets import _hooked_flops, forward_flops
+    from hvdat.models import build_model
+
+    model = build_model("small-cnn", 10, (1, 16, 16), [0.0], [1.0]).eval()
+    x = torch.rand(2, 1, 16, 16)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(x[:1])
+    assert forward_flops(model, x) == _hooked_flops(model, x) == counter.get_total_flops() > 0
+    assert forward_flops(torch.jit.trace(model, x), x) == counter.get_total_flops()
+
+
 def test_randomized_check_has_the_reference_tolerance():
     from hvdat.eval.cascade import _differ
 

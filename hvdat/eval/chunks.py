@@ -60,6 +60,33 @@ def examples(test, start: int, stop: int, device: torch.device) -> Tuple[torch.T
     return torch.stack([x for x, _ in items]).to(device), torch.tensor([int(y) for _, y in items], device=device)
 
 
+EXAMPLES_FILE = "examples.pt"
+
+
+def save_examples(test, n_examples: int, path: Path) -> None:
+    """The first n test examples, as `examples` gives them, in one file of the work folder (written by `hvdat
+    eval`): the workers read it instead of loading the dataset (scikit-learn's import, a folder's listing and
+    JPEG decoding: seconds of every rank's start-up). Stored as uint8 where that is exact ([0,1] images of k/255)."""
+    x, y = examples(test, 0, n_examples, torch.device("cpu"))
+    pixels = x.mul(255).round_().to(torch.uint8)
+    exact = torch.equal(pixels.float().div_(255), x)
+    torch.save({"x": pixels if exact else x, "y": y}, path)
+
+
+class Examples:
+    """The evaluated examples in memory (from `save_examples`' bytes): chunk [lo, hi) as `examples` gives it."""
+
+    def __init__(self, blob: bytes):
+        import io
+
+        data = torch.load(io.BytesIO(blob), weights_only=True)
+        self.x, self.y = data["x"], data["y"]
+
+    def chunk(self, lo: int, hi: int, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = self.x[lo:hi].to(device)
+        return (x.float().div_(255) if x.dtype == torch.uint8 else x), self.y[lo:hi].to(device)
+
+
 QUEUE_DIR = "queue"
 
 

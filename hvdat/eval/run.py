@@ -13,7 +13,7 @@ from ..errors import UsageError
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import file_target, make_dir
 from ..tb_events import TB_DIR
-from .chunks import QUEUE_DIR
+from .chunks import EXAMPLES_FILE, QUEUE_DIR
 from .config import EvalConfig
 from .plan import EVAL_ATTACKS, make_plan
 from .summary import headline
@@ -220,6 +220,7 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
     file_target(Path(cfg.out))  # before the (long) evaluation, not after it
     make_dir(work)
     cfg.save(work / CONFIG_FILE)
+    write_examples(cfg, work / EXAMPLES_FILE)
     log_path = work / "logs" / "eval.log"
     log_path.unlink(missing_ok=True)
     start = time.perf_counter()
@@ -236,9 +237,18 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
     tmp.replace(out_file)
     shutil.rmtree(work / "state", ignore_errors=True)  # done: a rerun starts afresh
     shutil.rmtree(work / QUEUE_DIR, ignore_errors=True)
+    (work / EXAMPLES_FILE).unlink(missing_ok=True)
     if cfg.tensorboard:
         write_board(cfg, report)
     return report
+
+
+def write_examples(cfg: EvalConfig, path: Path) -> None:
+    """The evaluated examples for the workers (hvdat.eval.chunks.save_examples)."""
+    from ..data import load_splits
+    from .chunks import save_examples
+
+    save_examples(load_splits(cfg.dataset, cfg.data_dir, train_samples=1).test, cfg.n_examples, path)
 
 
 def write_board(cfg: EvalConfig, report: Dict[str, Any]) -> None:

@@ -478,7 +478,12 @@ def build_eval_model(cfg: Any, files: Files, device: torch.device) -> Tuple[nn.M
 
 
 def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """Forward FLOPs of one example (torch's FlopCounterMode); 2 per parameter when it counts nothing."""
+    """Forward FLOPs of one example: 2 per multiply-add of its convolutions and linear layers, counted with forward
+    hooks (cheap: torch's FlopCounterMode imports TorchDynamo, seconds of a short evaluation's start-up); a model
+    without such modules (TorchScript, torch.export) goes to FlopCounterMode, then to 2 per parameter."""
+    flops = _hooked_flops(model, x[:1])
+    if flops:
+        return flops
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
@@ -489,3 +494,26 @@ def forward_flops(model: nn.Module, x: torch.Tensor) -> int:
     except Exception:
         flops = 0
     return flops or 2 * sum(p.numel() for p in model.parameters())
+
+
+def _hooked_flops(model: nn.Module, x: torch.Tensor) -> int:
+    total = [0]
+
+    def count(module: nn.Module, inputs, output) -> None:
+        if isinstance(module, nn.Linear):
+            total[0] += 2 * module.in_features * output.numel()
+        else:  # a convolution: each output element takes in_channels / groups * kernel multiply-adds
+            per_output = module.in_channels // module.groups * int(torch.tensor(module.kernel_size).prod())
+            total[0] += 2 * per_output * output.numel()
+
+    kinds = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, kinds)]
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception:
+        return 0
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total[0] // max(x.shape[0], 1)

@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
 
@@ -23,7 +23,7 @@ from ..runtime.seeds import seed_for
 from ..runtime.worker_main import worker_main
 from ..runtime.world import World
 from .cascade import ChunkResult, evaluate_chunk
-from .chunks import ChunkQueue, ChunkStore, chunk_bounds, chunks_of_rank, examples
+from .chunks import EXAMPLES_FILE, ChunkQueue, ChunkStore, Examples, chunk_bounds, chunks_of_rank, examples
 from .config import EvalConfig
 from .plan import Plan
 from .stages import StageRunner
@@ -50,7 +50,7 @@ def evaluate(cfg: EvalConfig) -> None:
     files = world.broadcast_object(files, name="model.files")  # no shared filesystem needed for the model
     model, loaded = build_eval_model(cfg, files, device)
     del files
-    test = load_splits(cfg.dataset, cfg.data_dir, train_samples=1).test
+    data = _examples(world, cfg)
     plan = Plan.from_dict(cfg.plan)  # resolved by `hvdat eval` before launch
     bounds = chunk_bounds(cfg.n_examples, cfg.batch_size)
     store = ChunkStore(Path(cfg.work_dir), cfg.fingerprint, rank)
@@ -78,7 +78,7 @@ def evaluate(cfg: EvalConfig) -> None:
     for c in mine:
         chunk_start = time.perf_counter()
         lo, hi = bounds[c]
-        x, y = examples(test, lo, hi, device)
+        x, y = data(lo, hi, device)
         clean_pred, per_eps, randomized = evaluate_chunk(model, x, y, plan, runners, seed_for(cfg.seed, c))
         result = ChunkResult(
             c, list(range(lo, hi)), y.tolist(), clean_pred, per_eps, randomized, time.perf_counter() - chunk_start
@@ -104,6 +104,18 @@ def evaluate(cfg: EvalConfig) -> None:
             resumed_examples=resumed_examples,
         )
         events.emit("result", **summary)
+
+
+def _examples(world: World, cfg: EvalConfig) -> Callable[[int, int, torch.device], Tuple[torch.Tensor, torch.Tensor]]:
+    """Chunk [lo, hi) of the test examples: from the file `hvdat eval` wrote, its bytes read by rank 0 and broadcast
+    (no shared filesystem needed, no dataset loading on any rank), or from the dataset where rank 0 has no file."""
+    path = Path(cfg.work_dir) / EXAMPLES_FILE
+    blob = path.read_bytes() if world.rank == 0 and path.is_file() else None
+    blob = world.broadcast_object(blob, name="eval.examples")
+    if blob is not None:
+        return Examples(blob).chunk
+    test = load_splits(cfg.dataset, cfg.data_dir, train_samples=1).test
+    return lambda lo, hi, device: examples(test, lo, hi, device)
 
 
 def _work(world: World, work_dir: Path, todo: List[int]) -> Tuple[str, Iterable[int]]:
