@@ -8,6 +8,7 @@
 set -u
 PROFILE=${1:-device}
 BUDGET=${2:-520}
+EXTRA=${GPU_EXTRA:-}
 OUT=${OUT:-/tmp/gpu-out}
 WORK=${GPU_WORK:-/tmp/gpuwork}
 PY=${GPU_PYTHON:-python3}
@@ -34,7 +35,7 @@ if ! "$PY" -m hvdat train --help >/dev/null 2>"$WORK/cli-check.err"; then
 fi
 "$PY" -c "from importlib.metadata import version as v; import typer; print('== typer', v('typer'), 'click', v('click'), 'rich', v('rich'), typer.__file__)"
 "$PY" experiments/gpu/device_run.py --profile "$PROFILE" --budget "$BUDGET" \
-    --data-dir "$WORK/cifar10-jpg" --work "$WORK/w" --out "$OUT"
+    --data-dir "$WORK/cifar10-jpg" --work "$WORK/w" --out "$OUT" $EXTRA
 rc=$?
 echo "== $(date -u) device_run exit $rc"
 exit $rc
