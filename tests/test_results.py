@@ -218,10 +218,11 @@ def test_fast_path_flags_train_correctly_on_cpu(tmp_path, cifar_dir):
     assert torch.load(tmp_path / "fp16" / "last.pt", weights_only=True)["scaler"]["scale"] > 0
 
 
-BENCHES = {  # extra arguments: the methods smoke runs one method of each kind (a table row is 3 launches)
+BENCHES = {  # extra arguments: the methods smoke runs one method of each kind (a table row is 3 launches); the
+    # compression smoke the uncompressed baseline and one stateful compressor (every row is the same code path)
     "methods": ["--methods", "fgsm-rs,free-8,m-deat,accelat"],
     "scaling": [],
-    "compression": [],
+    "compression": ["--compressors", "none,ef-sign"],
     "co_guard": [],
     "unlabeled": [],
     "train_step": [],
