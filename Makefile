@@ -19,9 +19,9 @@ test: install
 	$(PY) -m pytest -q
 
 # The CPU image built from docker/Dockerfile and run (one container, then two as two hosts): not in `make test`.
-# Needs root; installs docker.io and debootstrap and starts dockerd when none runs. The first build compiles
-# Horovod (46 minutes measured on 2 shared cores); a rerun after a source-only change reuses those layers
-# (its later layers built in 7 s plus about a minute of export), then the runs take about 2 minutes.
+# Needs root; installs docker.io and debootstrap and starts dockerd when none runs. A cold run took 18 minutes on
+# 2 shared cores (its Horovod compile 11; 46 minutes of build under heavier load); Horovod's layer depends only on
+# bin/install, so a rerun after an edit under hvdat/ or to setup.py reuses it (48 s measured; docker/README.md).
 image-test:
 	HVDAT_DOCKER=1 bin/install
 	$(PY) -m pytest -q -m image tests/test_docker_image.py --durations=10 -s
