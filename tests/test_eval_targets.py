@@ -271,3 +271,7 @@ def test_default_chunks_follow_the_example_count_and_model_size_not_the_world_si
     assert default_chunk_size(1000, small_cnn) == 250  # an even count of equal chunks
     assert default_chunk_size(1000, wrn) == 16  # a big model: small chunks, which the queue balances
     assert default_chunk_size(20, wrn) == 10 and default_chunk_size(5, small_cnn) == 5
+    preact = 0.56e9  # PreActResNet-18: the CPU's smallest chunks; a GPU's hold 250x the work, to 1,000 examples
+    assert default_chunk_size(1000, preact) == 16
+    assert default_chunk_size(1000, preact, "cuda") == 500 and default_chunk_size(10000, preact, "cuda") == 1000
+    assert default_chunk_size(1000, wrn, "cuda") == 72

@@ -34,17 +34,22 @@ def chunks_of_rank(n_chunks: int, rank: int, size: int) -> List[int]:
 
 # A chunk should hold enough work per forward pass that the per-call overhead (Python, the attack's bookkeeping,
 # a small batch's poor kernel use: about 1 ms per attack iteration, and AutoAttack runs ~7000 iterations per chunk
-# on its survivors) is small next to the maths: about this many forward FLOPs per batch.
-CHUNK_FLOPS = 4e9
-MIN_CHUNK, MAX_CHUNK = 16, 500
+# on its survivors) is small next to the maths: about this many forward FLOPs per batch. A GPU does a CPU's chunk
+# in well under that millisecond (PreActResNet-18's CPU chunk was 16 examples: an H200 idled through 14 chunks of a
+# 1,000-example AutoAttack), so its chunks hold 250x the work, capped where a big chunk's activations still fit a
+# 16 GB card for the small CIFAR models.
+CHUNK_FLOPS = {"cpu": 4e9, "cuda": 1e12}
+MIN_CHUNK, MAX_CHUNK = 16, {"cpu": 500, "cuda": 1000}
 
 
-def default_chunk_size(n_examples: int, flops_per_example: int) -> int:
-    """Examples per chunk from the example count and the model's forward FLOPs per example, never from --np:
-    chunks of about CHUNK_FLOPS of forward work (16 to 500 examples; a tiny model gets few large chunks, a large
-    model many small ones that the queue balances), an even number of them (two ranks share them evenly), of
-    equal size."""
-    target = min(MAX_CHUNK, max(MIN_CHUNK, int(CHUNK_FLOPS // max(flops_per_example, 1))))
+def default_chunk_size(n_examples: int, flops_per_example: int, device: str = "cpu") -> int:
+    """Examples per chunk from the example count, the model's forward FLOPs per example and the kind of device the
+    workers compute on (`cpu` or `cuda`: the launching host's, as a scheduler's allocation has it), never from --np:
+    chunks of about CHUNK_FLOPS of forward work (16 to 500 examples on CPUs, to 1,000 on GPUs; a tiny model gets few
+    large chunks, a large model many small ones that the queue balances), an even number of them (two ranks share
+    them evenly), of equal size."""
+    kind = "cuda" if device == "cuda" else "cpu"
+    target = min(MAX_CHUNK[kind], max(MIN_CHUNK, int(CHUNK_FLOPS[kind] // max(flops_per_example, 1))))
     count = -(-n_examples // target)
     count += count % 2 if n_examples >= 2 * MIN_CHUNK else 0
     return max(1, -(-n_examples // count))

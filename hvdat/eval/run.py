@@ -124,7 +124,8 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
             f"--n-examples {n_examples} is more than the {available} test images of {dataset!r}",
             f"use --n-examples {available} or fewer",
         )
-    batch_size = request.batch_size or default_chunk_size(n_examples, forward_flops(model, probe))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # the workers', where they run on this host's kind
+    batch_size = request.batch_size or default_chunk_size(n_examples, forward_flops(model, probe), device)
     default = default_out(Path(name), request.attack, request.version, request.norm)
     out_file = Path(request.out) if request.out else default
     if out_file.suffix != ".json":
