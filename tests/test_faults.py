@@ -68,6 +68,23 @@ def worker(proc: subprocess.Popen, module: str, rank: int) -> psutil.Process:
     raise AssertionError(f"no {module} worker of rank {rank}")
 
 
+def stop_rank_and_wait(proc: subprocess.Popen, rank: int):
+    """SIGSTOP the training worker of `rank` and wait for the job to end: the job's stdout, stderr, the seconds it
+    took to end, and whether the stopped process outlived the job (it is killed then, after the look)."""
+    stopped = worker(proc, "hvdat.train.worker", rank)
+    stopped.suspend()
+    began = time.monotonic()
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        took, outlived = time.monotonic() - began, False
+        with contextlib.suppress(psutil.Error):
+            outlived = stopped.is_running() and stopped.status() != psutil.STATUS_ZOMBIE
+        with contextlib.suppress(psutil.Error):
+            stopped.kill()
+    return stdout, stderr, took, outlived
+
+
 def headline(stderr: str) -> str:
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert lines, stderr
@@ -223,15 +240,7 @@ def test_a_stopped_rank_ends_the_job_within_the_gloo_timeout(tmp_path):
     proc = start("train", *ARGS, "--epochs", "1", "--train-samples", "1437", "--gloo-timeout", "8", "--out", out)
     log = out / "logs" / "train.log"
     wait_until(lambda: count(log, '"event":"batch"') >= 2, proc)
-    stopped = worker(proc, "hvdat.train.worker", 1)
-    stopped.suspend()
-    began = time.monotonic()
-    try:
-        stdout, stderr = proc.communicate(timeout=90)
-    finally:
-        with contextlib.suppress(psutil.Error):
-            stopped.kill()
-    took = time.monotonic() - began
+    stdout, stderr, took, outlived = stop_rank_and_wait(proc, 1)
 
     assert proc.returncode == 1, stderr
     assert took < 60, took  # 8 s of Gloo timeout, then horovodrun ends the stopped rank
@@ -248,22 +257,14 @@ def test_a_stopped_rank_under_mpi_is_named_by_the_watchdog_and_resume_matches(tm
     proc = start("train", *ARGS, "--launcher", "mpi", "--hang-timeout", "8", "--out", out)
     log = out / "logs" / "train.log"
     wait_until(lambda: count(log, '"event":"epoch"') >= 1 and (out / "last.pt").is_file(), proc)
-    stopped = worker(proc, "hvdat.train.worker", 1)
-    stopped.suspend()
-    began = time.monotonic()
-    try:
-        stdout, stderr = proc.communicate(timeout=90)
-    finally:
-        with contextlib.suppress(psutil.Error):
-            stopped.kill()
-    took = time.monotonic() - began
+    stdout, stderr, took, outlived = stop_rank_and_wait(proc, 1)
 
     assert proc.returncode == 1, stderr
     assert took < 30, took  # 8 s of silence, then a check each second
     assert headline(stderr) == (
         f"error: training failed: rank 1 on host {HOST} stopped responding (no heartbeat for 8 s): hung or stopped"
     ), stderr
-    assert not psutil.pid_exists(stopped.pid) or stopped.status() == psutil.STATUS_ZOMBIE
+    assert not outlived  # the watchdog ended the stopped rank with the job
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
     command = continue_command(stderr)
     assert command[-1] == "--resume"
