@@ -152,3 +152,29 @@ def test_a_host_without_this_python_says_so(cluster, tmp_path):
         (f"host {second}", False, problem),
         ("--launcher gloo", False, f"cannot run on {second} (see host {second})"),
     ]
+
+
+def test_elastic_doctor_warns_of_hosts_that_ssh_keeps_no_keepalive_for(cluster):
+    """An elastic job re-forms only once every old worker's ssh session has ended: without a keepalive a lost host
+    holds it for TCP's timeout (tests/test_faults_elastic.py). `doctor --elastic` names such hosts, and is quiet once
+    ssh has one for them."""
+    from test_faults_elastic import keepalive
+
+    def keepalive_report():
+        proc = doctor_on(cluster, "-H", cluster.hosts_arg(1), "--elastic", "--json")
+        assert proc.returncode == 0, (proc.stdout, proc.stderr)
+        report = json.loads(proc.stdout)
+        return [h["keepalive_seconds"] for h in report["hosts"][1:]], [
+            w for w in report["warnings"] if "keepalive" in w
+        ]
+
+    others = cluster.hosts[1:]
+    seconds, (warning,) = keepalive_report()
+    assert seconds == [0] * len(others) and all(h in warning for h in others), warning
+    assert "ServerAliveInterval" in warning
+    config = keepalive(cluster)
+    try:
+        seconds, warnings = keepalive_report()
+    finally:
+        config.unlink()
+    assert seconds == [6] * len(others) and not warnings, warnings

@@ -77,6 +77,7 @@ class HostCheck:
     known_host_fix: str = ""
     facts: Optional[Dict[str, Any]] = None
     problem: str = ""
+    keepalive_seconds: Optional[int] = None  # ssh's ServerAliveInterval x CountMax for it (0: none), None: unknown
 
     @property
     def usable(self) -> bool:
@@ -125,6 +126,24 @@ def ssh_argv(ssh: str, ssh_port: Optional[int], ssh_identity_file: Optional[str]
     if ssh_identity_file:
         argv += ["-i", ssh_identity_file]
     return argv
+
+
+def ssh_keepalive_seconds(ssh: str, host: str, ssh_port: Optional[int]) -> Optional[int]:
+    """How long ssh (your config for `host`, as `ssh -G` resolves it) takes to notice that the host went silent:
+    ServerAliveInterval x ServerAliveCountMax seconds, 0 when there is no keepalive (then TCP's retransmission
+    timeout decides: minutes); None when ssh cannot say."""
+    try:
+        proc = subprocess.run(
+            [ssh, "-G", *(["-p", str(ssh_port)] if ssh_port else []), host], capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    options = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+    try:
+        interval, count = int(options["serveraliveinterval"]), int(options["serveralivecountmax"])
+    except (KeyError, ValueError):
+        return None
+    return interval * count
 
 
 def ssh_said(stderr: str) -> str:
@@ -202,6 +221,7 @@ def check_remote(
         check.fix = ssh_fix(check.detail, host, ssh_port, ssh_identity_file)
         return check
     check.reachable, check.detail = True, "ssh ok"
+    check.keepalive_seconds = ssh_keepalive_seconds(ssh, host, ssh_port)
     if check.known_host is None:
         check.known_host = True
     last = ([line for line in proc.stderr.splitlines() if line.strip()] or [""])[-1].strip()
@@ -343,8 +363,15 @@ def verdicts(report: Report, launchers: Sequence[str], np: Optional[int], elasti
     return found
 
 
-def warnings_for(report: Report) -> List[str]:
+def warnings_for(report: Report, elastic: bool = False) -> List[str]:
     notes = []
+    silent = [h.host for h in report.hosts if not h.local and h.reachable and h.keepalive_seconds == 0]
+    if elastic and silent:  # the elastic driver re-forms only once every old worker, and its ssh session, has ended
+        notes.append(
+            f"ssh has no keepalive for {', '.join(silent)}: if an elastic job loses one, the others wait minutes "
+            "(TCP's timeout) before re-forming; add `ServerAliveInterval 3` and `ServerAliveCountMax 2` for them to "
+            "~/.ssh/config"
+        )
     hv = report.horovod
     if report.gpus and hv.get("installed") and not hv["tensor_ops"]["nccl"]:
         notes.append(
@@ -401,7 +428,7 @@ def diagnose(
         hosts=checks,
     )
     report.verdicts = verdicts(report, launchers, np, elastic)
-    report.warnings = warnings_for(report)
+    report.warnings = warnings_for(report, elastic)
     return report
 
 
