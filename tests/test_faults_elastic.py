@@ -5,20 +5,15 @@ file, the 3-host elastic job, its expected step arithmetic); the README's "What 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-import torch
-from conftest import read_metrics
 from test_multihost_elastic import (
-    BATCH,
     COMMIT_EVERY,
+    assert_reformed_on_two_hosts,
     discovery,  # noqa: F401 (a fixture)
     elastic_args,
-    expected_steps,
     finish,
-    log_events,
     start_on_first_host,
     wait_for_event,
     write_hosts,
@@ -66,17 +61,5 @@ def test_elastic_job_whose_host_loses_its_link_finishes_on_the_others(cluster, d
         config.unlink()
     assert returncode == 0, (stdout, stderr[-3000:])
 
-    events = log_events(log)
-    assert next(e for e in events if e["event"] == "start")["world_size"] == 3
-    resets = [e for e in events if e["event"] == "reset"]
-    assert resets and all(r["world_size"] == 2 for r in resets), resets
-    assert resets[0]["epoch"] == 0 and resets[0]["batch"] >= seen["batch"] // COMMIT_EVERY * COMMIT_EVERY, resets
-
-    metrics = read_metrics(out)
-    assert [m["epoch"] for m in metrics] == [1]
-    assert [(m["step"], m["world_size"]) for m in metrics] == expected_steps(events, 1)
-    assert [m["global_batch"] for m in metrics] == [2 * BATCH]
-    assert json.loads(stdout)["final"]["epoch"] == 1
-    state = torch.load(out / "last.pt", weights_only=True)
-    assert state["epoch"] == 1 and state["step"] == metrics[-1]["step"]
+    assert_reformed_on_two_hosts(log, out, stdout, seen, epochs=1)
     print(f"finished {took:.0f} s after the link went down")

@@ -234,20 +234,26 @@ def test_elastic_job_loses_its_third_host_and_finishes_on_two(cluster, discovery
         cluster.start_sshd(third)
     assert returncode == 0, (stdout, stderr[-3000:])
 
+    assert_reformed_on_two_hosts(log, out, stdout, seen, epochs=2)
+
+
+def assert_reformed_on_two_hosts(log: Path, out: Path, stdout: str, seen: dict, epochs: int) -> None:
+    """A 3-host job that lost one host in epoch 0, after the fault was seen at batch `seen`: it rolled back to a commit
+    no earlier than the last one made before the fault (nothing committed lost), re-formed on 2 ranks, and trained
+    `epochs` epochs with the step arithmetic of that history (nothing trained twice)."""
     events = log_events(log)
     assert next(e for e in events if e["event"] == "start")["world_size"] == 3
     resets = [e for e in events if e["event"] == "reset"]
     assert resets and all(r["world_size"] == 2 for r in resets), resets
-    # rolled back to a commit mid-epoch 0, no earlier than the last one made before the kill: nothing committed lost
     assert resets[0]["epoch"] == 0 and resets[0]["batch"] >= seen["batch"] // COMMIT_EVERY * COMMIT_EVERY, resets
 
     metrics = read_metrics(out)
-    assert [m["epoch"] for m in metrics] == [1, 2]
-    assert [(m["step"], m["world_size"]) for m in metrics] == expected_steps(events, 2)
-    assert [m["global_batch"] for m in metrics] == [2 * BATCH, 2 * BATCH]
-    assert json.loads(stdout)["final"]["epoch"] == 2
+    assert [m["epoch"] for m in metrics] == list(range(1, epochs + 1))
+    assert [(m["step"], m["world_size"]) for m in metrics] == expected_steps(events, epochs)
+    assert [m["global_batch"] for m in metrics] == [2 * BATCH] * epochs
+    assert json.loads(stdout)["final"]["epoch"] == epochs
     state = torch.load(out / "last.pt", weights_only=True)
-    assert state["epoch"] == 2 and state["step"] == metrics[-1]["step"]
+    assert state["epoch"] == epochs and state["step"] == metrics[-1]["step"]
 
 
 def test_elastic_job_grows_to_a_host_added_to_discovery(cluster, discovery, tmp_path):
