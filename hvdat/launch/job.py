@@ -204,12 +204,14 @@ def _pump(
     proc, log, tails, start_failures: StartFailures, result: JobResult, on_event, echo, copy: Optional[IO[str]] = None
 ) -> None:
     writable = True  # until the disk is full: the job's output must still be read, or its ranks block on it
+    lines = events.Lines()
     for line in proc.stdout:
-        rank, text = events.split_prefix(line.rstrip("\n"))
-        event = events.parse(text)
-        if event is not None and event.get("event") == "beat":  # the watchdog's alone: not logged, not routed
+        ended = [(rank, text, events.parse(text)) for rank, text in lines.feed(line)]
+        beats = [(rank, event) for rank, _, event in ended if event is not None and event.get("event") == "beat"]
+        for rank, event in beats:  # the watchdog's alone: not logged, not routed
             result.observed.beat(0 if rank is None else rank, event, time.monotonic())
-            continue
+        if beats and len(beats) == len(ended) and not lines.held:
+            continue  # a line that is only heartbeats
         if writable:
             try:
                 log.write(line)
@@ -222,26 +224,34 @@ def _pump(
         if copy is not None:
             copy.write(line)
             copy.flush()
-        if event is None:
-            tails[rank].append(text)
-            start_failures.feed(rank, text)
-            if rank is None:
-                result.observed.launcher_line(text)
-            else:
-                result.observed.rank_line(rank, text)
-            if echo is not None:
-                echo(line.rstrip("\n"))
-            continue
-        if event.get("event") == "error":
-            result.observed.error(int(event.get("rank", rank or 0)), event)
-            result.failed_ranks[int(event.get("rank", rank or 0))] = event.get("message", "")
-            if event.get("usage"):
-                result.usage_ranks.add(int(event.get("rank", rank or 0)))
-        try:
-            on_event(event)
-        except OSError as exc:  # e.g. TensorBoard's files on a full disk: keep reading the job's output
-            if len(result.launcher_errors) < 5:
-                result.launcher_errors.append(f"handling a {event.get('event')} event: {exc}")
+        for rank, text, event in ended:
+            _route(rank, text, event, line, tails, start_failures, result, on_event, echo)
+
+
+def _route(rank, text, event, line, tails, start_failures: StartFailures, result: JobResult, on_event, echo) -> None:
+    """One rank's whole line: an event to its handler, anything else to that rank's tail and the failure readers."""
+    if event is not None and event.get("event") == "beat":
+        return
+    if event is None:
+        tails[rank].append(text)
+        start_failures.feed(rank, text)
+        if rank is None:
+            result.observed.launcher_line(text)
+        else:
+            result.observed.rank_line(rank, text)
+        if echo is not None:
+            echo(line.rstrip("\n"))
+        return
+    if event.get("event") == "error":
+        result.observed.error(int(event.get("rank", rank or 0)), event)
+        result.failed_ranks[int(event.get("rank", rank or 0))] = event.get("message", "")
+        if event.get("usage"):
+            result.usage_ranks.add(int(event.get("rank", rank or 0)))
+    try:
+        on_event(event)
+    except OSError as exc:  # e.g. TensorBoard's files on a full disk: keep reading the job's output
+        if len(result.launcher_errors) < 5:
+            result.launcher_errors.append(f"handling a {event.get('event')} event: {exc}")
 
 
 def _watch(proc: subprocess.Popen, observed: Observed, timeout: float, done: threading.Event) -> None:
