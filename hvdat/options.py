@@ -68,6 +68,9 @@ def declared_options(cls) -> Dict[str, Option]:
 
 # Options that several commands share, declared here once.
 THREADS = Option("Torch threads per worker (0: cores / workers per host).", CLUSTER)
+BUCKET_MB = Option(
+    "Packed compressors: MB of fp32 gradient exchanged per grouped allgather (0: one per tensor).", CLUSTER
+)
 SEED = Option("Random seed (each rank derives its own).", OUTPUT)
 DATA_DIR = Option("Where the dataset lives (cifar*, imagefolder, imagenet).", DATA)
 NORM = Option("Threat model: linf or l2.", ATTACK)

@@ -30,7 +30,7 @@ def horovod_job(np_: int, *args: str, script: str = "hvd_compression_job.py") ->
     return [json.loads(line.split("@@result ", 1)[1]) for line in proc.stdout.splitlines() if "@@result " in line]
 
 
-def test_every_compressor_keeps_three_ranks_bit_identical_and_counts_its_wire_bytes():
+def test_every_compressor_keeps_three_ranks_bit_identical_in_any_buckets_and_counts_its_wire_bytes():
     names = [*COMPRESSORS.names(), "qsgd4", "qsgd2"]  # and qsgd's other widths, which the registry does not list
     results = {r["compression"]: r for r in horovod_job(3, *names)}
     assert sorted(results) == sorted(names)
@@ -40,6 +40,8 @@ def test_every_compressor_keeps_three_ranks_bit_identical_and_counts_its_wire_by
         assert result["changed"], result  # the model really trained
         if COMPRESSORS.get(name).packed:  # packed: counted live by the optimizer
             assert result["bytes"] == result["expected"], result
+            # one grouped allgather, three buckets, one allgather per tensor: the same parameters, bit for bit
+            assert result["buckets_equal"], result
     # sign: 1/32 of fp32 plus a 4-byte scale and the padding of the last byte per tensor
     sign, tensors = results["sign"], 4
     assert sign["bytes"] <= sign["fp32"] / 32 + 5 * tensors

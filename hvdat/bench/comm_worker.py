@@ -1,11 +1,11 @@
 """`horovodrun -np N python -m hvdat.bench.comm_worker --config bench.json`: time the gradient exchange.
 
 For each compressor it wraps a model-shaped set of gradients in hvdat's DistributedOptimizer and, per step, hands
-the gradients over in reverse order (as backward produces them, through the same `_allreduce_grad_async` that the
-hooks call), then `synchronize()`s, which decodes each result while later ones are in flight. Separately, rank 0
-times compress and decompress alone on one core, in wall and thread CPU time (packed codecs decoding into a
-gradient-sized tensor, as the exchange decodes into the gradient). Rank 0 prints one `@@hvdat` `row`
-event per compressor.
+the gradients over in reverse order (as backward produces them, through the optimizer's own backward hook, so a
+bucket's exchange starts once its last gradient is there), then `synchronize()`s, which decodes each result while
+later ones are in flight. Separately, rank 0 times compress and decompress alone on one core, in wall and thread CPU
+time (packed codecs decoding into a gradient-sized tensor, as the exchange decodes into the gradient). Rank 0 prints
+one `@@hvdat` `row` event per compressor.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from .. import events
 from ..compression import wire_bytes
 from ..compression.packing import with_destination
-from ..runtime.distributed_optimizer import DistributedOptimizer
+from ..runtime.distributed_optimizer import DistributedOptimizer, bucket_bytes
 from ..runtime.horovod_compression import build_compressor
 from ..runtime.worker_main import worker_main
 from ..runtime.world import World
@@ -79,7 +79,10 @@ def bench(cfg: CommBenchConfig) -> None:
     for name in cfg.compressions:
         compressor = build_compressor(name, rank)
         optimizer = DistributedOptimizer(
-            torch.optim.SGD(params, lr=0.0), [(str(i), p) for i, p in enumerate(params)], compressor
+            torch.optim.SGD(params, lr=0.0),
+            [(str(i), p) for i, p in enumerate(params)],
+            compressor,
+            bucket_bytes(cfg.bucket_mb),
         )
         seconds = []
         for step in range(cfg.warmup + cfg.steps):
@@ -87,8 +90,8 @@ def bench(cfg: CommBenchConfig) -> None:
                 p.grad = g.clone()
             hvd.barrier()
             start = time.perf_counter()
-            for p in reversed(params):  # backward order; each exchange starts as its gradient "arrives"
-                optimizer._handles[p] = optimizer._allreduce_grad_async(p)
+            for p in reversed(params):  # backward order; each gradient "arrives" through the hook backward calls
+                optimizer._make_hook(p)()
             optimizer.synchronize()
             elapsed = time.perf_counter() - start
             if step >= cfg.warmup:

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Tuple
 
 from ..errors import UsageError
 from ..frozen_config import FrozenConfig
-from ..options import option
+from ..options import BUCKET_MB, option
 
 
 def parse_compressions(text: str, values: Dict[str, Any] = None) -> Tuple[str, ...]:
@@ -35,4 +35,5 @@ class CommBenchConfig(FrozenConfig):
     )
     steps: int = option(5, "Timed exchanges per compressor (the median is reported).")
     warmup: int = option(1, "Untimed exchanges first.")
+    bucket_mb: float = option(25.0, BUCKET_MB)
     codec_repeats: int = 3  # times compress and decompress are timed alone (the median is reported)

@@ -18,7 +18,21 @@ from ..errors import UsageError, require_at_least
 from ..frozen_config import FrozenConfig
 from ..models import MODELS
 from ..optim import OPTIMIZERS
-from ..options import ATTACK, CLUSTER, DATA, DATA_DIR, FAST, NORM, OPTIM, OUTPUT, SEED, TENSORBOARD, THREADS, option
+from ..options import (
+    ATTACK,
+    BUCKET_MB,
+    CLUSTER,
+    DATA,
+    DATA_DIR,
+    FAST,
+    NORM,
+    OPTIM,
+    OUTPUT,
+    SEED,
+    TENSORBOARD,
+    THREADS,
+    option,
+)
 from ..registry import Registry
 from ..schedule import SCHEDULES
 
@@ -116,6 +130,7 @@ class TrainConfig(FrozenConfig):
     milestones: Tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of training where lr drops 10x
     # system
     compression: str = option("none", _documented("Gradient compression", COMPRESSORS), CLUSTER)
+    bucket_mb: float = option(25.0, BUCKET_MB)
     threads: int = option(0, THREADS)
     out: str = option(
         "runs/latest",
@@ -198,6 +213,7 @@ class TrainConfig(FrozenConfig):
             (self.test_samples, "--test-samples"),
             (self.eval_samples, "--eval-samples"),
             (self.threads, "--threads"),
+            (self.bucket_mb, "--bucket-mb"),
         ):
             require_at_least(name, count, least=0)
         if self.amp not in AMP_DTYPES:

@@ -12,7 +12,7 @@ from ..compression import wire_bytes
 from ..data import Splits
 from ..models import build_model
 from ..optim import build_optimizer
-from ..runtime.distributed_optimizer import DistributedOptimizer
+from ..runtime.distributed_optimizer import DistributedOptimizer, bucket_bytes
 from ..runtime.horovod_compression import build_compressor
 from ..runtime.seeds import seed_for
 from ..runtime.world import World
@@ -46,7 +46,7 @@ class Learner:
         compressor = build_compressor(cfg.compression, seed_for(cfg.seed, world.rank, 3))
         # each gradient's exchange starts as soon as backward produces it; the wrapped optimizer builds a new one
         # from the param groups, so nothing may be loaded into `optimizer` before this
-        optimizer = DistributedOptimizer(optimizer, model.named_parameters(), compressor)
+        optimizer = DistributedOptimizer(optimizer, model.named_parameters(), compressor, bucket_bytes(cfg.bucket_mb))
         shapes = [p.shape for p in model.parameters() if p.requires_grad]
         return cls(
             model,
