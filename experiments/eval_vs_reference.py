@@ -6,14 +6,17 @@ evaluation timed by the wall clock from process start to result (imports, model 
   in a fresh Python process, torch's default threads (all cores);
 - `hvdat eval --np 1` with hvdat's defaults (chunk size from the example count and the model's FLOPs; threads: all
   cores);
-- `hvdat eval --np 2` with the same defaults (one thread per rank; chunks pulled from the shared queue).
+- `hvdat eval --np 2` with the same defaults (one thread per rank; chunks pulled from the shared queue);
+- `hvdat eval --np 1 --threads 1`: np 1 on one core, so that np 2 / np 1 at one thread per rank measures the sharding
+  alone (np 1's default threads already use both cores of a 2-core machine, so there np 2 adds no hardware).
 
 It prints examples/s for each and the ratios hvdat np 1 / reference (target >= 1.0) and np 2 / np 1 (target >= 1.8
 on 2 cores), then the same for the attack alone (run_standard_evaluation's time; hvdat's chunk loop). It checks, and
-exits 1 otherwise: np 1 and np 2 give the same per-example results (chunks do not depend on --np); hvdat's per-example
-verdicts equal the reference's run on hvdat's chunks (`batch_size` = the chunk: AutoAttack's random starts and
-Square's draws depend on an example's position in its batch, so with the reference's default batches a borderline
-point may differ, and those are counted, not failed); np 1 runs all cores' threads, np 2 one per rank.
+exits 1 otherwise: np 1 (either thread count) and np 2 give the same per-example results (chunks do not depend on
+--np); hvdat's per-example verdicts equal the reference's run on hvdat's chunks (`batch_size` = the chunk:
+AutoAttack's random starts and Square's draws depend on an example's position in its batch, so with the reference's
+default batches a borderline point may differ, and those are counted, not failed); np 1 runs all cores' threads, np
+2 one per rank.
 
 Without --run, a small PGD-trained CNN on digits is trained first, so that points survive APGD-CE and the whole
 cascade does real work, as it does on a robust model. The machine's load (`os.getloadavg`) is printed before and
@@ -93,11 +96,11 @@ def reference_child(run: str, n: str, eps: str, spec: str) -> None:
     print(json.dumps({"seconds": seconds, "robust": robust, "threads": torch.get_num_threads()}))
 
 
-def hvdat_eval(run: Path, n: int, eps: float, np: int, out: Path) -> dict:
+def hvdat_eval(run: Path, n: int, eps: float, np: int, out: Path, *extra) -> dict:
     start = time.perf_counter()
     hvdat(
         "eval", run, "--attack", "autoattack", "--eps", eps, "--n-examples", n, "--np", np, "--out", out,
-        "--no-tensorboard", "--json",
+        "--no-tensorboard", "--json", *extra,
     )  # fmt: skip
     wall = time.perf_counter() - start
     report = json.loads(out.read_text())
@@ -139,6 +142,9 @@ def main() -> None:
     print(f"reference: {ref['wall_examples_per_second']:.3f} examples/s", file=sys.stderr)
     two = hvdat_eval(run, n, eps, 2, scratch / "np2.json")
     print(f"hvdat np 2: {n / two['wall_seconds']:.3f} examples/s", file=sys.stderr)
+    # the sharding alone: np 1 on one core (np 2's threads per rank), so that np 2 adds a core, as on a cluster
+    one_core = hvdat_eval(run, n, eps, 1, scratch / "np1-1thread.json", "--threads", "1")
+    print(f"hvdat np 1, 1 thread: {n / one_core['wall_seconds']:.3f} examples/s", file=sys.stderr)
     # the equality check: the reference on hvdat's own chunks (AutoAttack's draws depend on the batch)
     bounds = [(lo, min(lo + one["batch_size"], n)) for lo in range(0, n, one["batch_size"])]
     same = reference(run, n, eps, bounds)
@@ -155,6 +161,8 @@ def main() -> None:
         "hvdat_np2_wall_seconds": two["wall_seconds"],
         "np1_over_reference": ref["wall_seconds"] / one["wall_seconds"],
         "np2_over_np1": one["wall_seconds"] / two["wall_seconds"],
+        "hvdat_np1_one_thread_wall_seconds": one_core["wall_seconds"],
+        "np2_over_np1_one_thread": one_core["wall_seconds"] / two["wall_seconds"],
         # the attack alone: run_standard_evaluation's time, hvdat's workers' chunk loop
         "reference_attack_seconds": ref["seconds"],
         "hvdat_np1_attack_seconds": one["seconds"],
@@ -170,7 +178,7 @@ def main() -> None:
         # about 2 / this (less the ranks' imbalance and start-up)
         "two_threads_speedup": (sum(two["rank_seconds"]) / one["chunks"]) / (one["seconds"] / one["chunks"]),
         "robust_accuracy": {"reference": sum(ref["robust"]) / n, "hvdat": one["robust_accuracy"]},
-        "np1_equals_np2": one["examples"] == two["examples"],
+        "np1_equals_np2": one["examples"] == two["examples"] == one_core["examples"],
         "differ_from_reference_on_the_same_batches": [i for i in range(n) if one["robust"][i] != same["robust"][i]],
         "differ_from_reference_default_batches": [i for i in range(n) if one["robust"][i] != ref["robust"][i]],
     }
@@ -198,6 +206,8 @@ def main() -> None:
             f"np 1 / reference {summary['np1_over_reference']:.2f} (target >= 1.0)\n"
             f"    hvdat eval --np 2 ({two['threads']} thread per rank): {n / two['wall_seconds']:.3f}; "
             f"np 2 / np 1 {summary['np2_over_np1']:.2f} (target >= 1.8)\n"
+            f"    hvdat eval --np 1 --threads 1: {n / one_core['wall_seconds']:.3f}; np 2 / np 1 at one thread "
+            f"per rank {summary['np2_over_np1_one_thread']:.2f} (the sharding: np 2 adds the second core)\n"
             f"  the attack alone (run_standard_evaluation; hvdat's chunk loop), examples/s: reference "
             f"{n / ref['seconds']:.3f}, np 1 {n / one['seconds']:.3f} ({summary['attack_np1_over_reference']:.2f}), "
             f"np 2 {n / two['seconds']:.3f} ({summary['attack_np2_over_np1']:.2f}); np 2 rank seconds "
