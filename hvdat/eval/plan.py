@@ -8,7 +8,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-from ..errors import UsageError
+from ..errors import UsageError, require_at_least
 from ..registry import Registry
 from .stages import AA_NORMS, STAGES, StageSettings, reference_autoattack
 
@@ -77,8 +77,7 @@ def make_plan(
         allowed = spec.norms(version)
         raise UsageError(f"attack {attack!r} does not support norm {norm!r}", f"use --norm {' or '.join(allowed)}")
     for value, name in ((steps, "--steps"), (restarts, "--restarts")):
-        if value is not None and value < 1:
-            raise UsageError(f"{name} must be >= 1, got {value}")
+        require_at_least(name, value)
     settings, departures = {}, []
     for name in stages:
         ref = STAGES.get(name).reference_settings(version, norm)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from ..errors import UsageError
+from ..errors import UsageError, require_at_least
 from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
 from ..out_dirs import file_target, make_dir
 from ..tb_events import TB_DIR
@@ -58,10 +58,8 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
         raise UsageError(f"--weights applies to a factory or torchvision target, not to a {kind} one")
     if (request.mean is None) != (request.std is None):
         raise UsageError("--mean and --std go together", "give both, one number per channel")
-    if request.batch_size is not None and request.batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {request.batch_size}")
-    if request.threads < 0:
-        raise UsageError(f"--threads must be >= 0, got {request.threads}")
+    require_at_least("--batch-size", request.batch_size)
+    require_at_least("--threads", request.threads, least=0)
     cfg = request.replace(checkpoint=name, target_kind=kind, cwd=os.getcwd(), model_args=dict(request.model_args or {}))
     model, loaded = build_eval_model(cfg, read_files(spec_of(cfg)), torch.device("cpu"))
     trained = loaded.own_config
@@ -117,8 +115,7 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
     n_examples = request.n_examples
     if n_examples is None:
         n_examples = min(DEFAULT_N_EXAMPLES, available)
-    if n_examples < 1:
-        raise UsageError(f"--n-examples must be >= 1, got {n_examples}")
+    require_at_least("--n-examples", n_examples)
     if n_examples > available:
         raise UsageError(
             f"--n-examples {n_examples} is more than the {available} test images of {dataset!r}",

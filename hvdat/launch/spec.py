@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from ..errors import UsageError
+from ..errors import UsageError, require_at_least
 from ..events import HANG_TIMEOUT_LEAST, HEARTBEAT_SECONDS
 from ..options import CLUSTER, HOROVOD, option
 
@@ -182,8 +182,7 @@ def initial_np(spec: LaunchSpec) -> int:
 
 
 def validate(spec: LaunchSpec) -> None:
-    if spec.np < 1:
-        raise UsageError(f"--np must be >= 1, got {spec.np}")
+    require_at_least("--np", spec.np)
     if spec.launcher not in LAUNCHERS:
         raise UsageError(f"unknown launcher {spec.launcher!r}", f"choose from: {', '.join(LAUNCHERS)}")
     total = sum(slots for _, slots in slots_of(spec))
@@ -216,8 +215,7 @@ def validate_tuning(spec: LaunchSpec) -> None:
         (spec.start_timeout, "--start-timeout", 1),
         (spec.gloo_timeout, "--gloo-timeout", 1),
     ):
-        if value is not None and not value >= least:  # also refuses NaN
-            raise UsageError(f"{name} must be >= {least}, got {value}")
+        require_at_least(name, value, least)
     if not (spec.hang_timeout == 0 or spec.hang_timeout >= HANG_TIMEOUT_LEAST):  # also refuses NaN
         raise UsageError(
             f"--hang-timeout must be 0 (off) or >= {HANG_TIMEOUT_LEAST:g} s, got {spec.hang_timeout}",
