@@ -72,6 +72,21 @@ class _PackedExchange:
         if size() == 1:  # no hooks: let synchronize() treat every parameter as missing and exchange it there
             self._requires_update = {p for group in self.param_groups for p in group["params"] if p.requires_grad}
 
+    def _register_hooks(self):
+        if self._groups is None:
+            return _DistributedOptimizer._register_hooks(self)
+        # Horovod's, less its broadcast of rank 0's parameter order: a collective in the constructor, which a worker
+        # joining an elastic job would run alone while the others wait in the state's sync. The buckets come from
+        # the model's own parameter order, the same on every rank.
+        for group in map(tuple, self._groups):
+            self._p_to_group.update(dict.fromkeys(group, group))
+            self._group_counts[group] = 0
+        for p in self._p_to_group:
+            self._requires_update.add(p)
+            accumulator = p.expand_as(p).grad_fn.next_functions[0][0]
+            accumulator.register_hook(self._make_hook(p))
+            self._grad_accs.append(accumulator)
+
     def _encode(self, p):
         """p's payload and the ctx that decodes the aggregate into p.grad."""
         if p.grad is None:  # as Horovod does: another rank may have a gradient for it
@@ -151,8 +166,7 @@ def DistributedOptimizer(
         {
             k: v
             for k, v in _PackedExchange.__dict__.items()
-            if k
-            in ("__init__", "_encode", "_allreduce_grad_async", "_grouped_allreduce_grad_async", "synchronize", "step")
+            if callable(v) and (k == "__init__" or not k.startswith("__"))
         }
     )
     cls = type(optimizer.__class__.__name__, (optimizer.__class__,), body)
