@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -46,6 +47,24 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
     assert lines[0].startswith("error:"), lines
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_jobs(request):
+    """After a test with a tmp_path, SIGKILL every process whose command line names that folder (horovodrun, mpirun,
+    workers, here or on a namespace host). A test that fails while its job runs kills only the hvdat command it
+    started, and horovodrun's workers then ran on, taking the cores for the rest of the session (and making
+    later tests with short Gloo timeouts fail)."""
+    marker = str(request.getfixturevalue("tmp_path")) if "tmp_path" in request.fixturenames else None
+    yield
+    if marker is None:
+        return
+    import psutil
+
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        if process.info["pid"] != os.getpid() and any(marker in arg for arg in process.info["cmdline"] or ()):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
 
 
 @pytest.fixture(scope="session")
