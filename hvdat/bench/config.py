@@ -35,5 +35,5 @@ class CommBenchConfig(FrozenConfig):
     )
     steps: int = option(5, "Timed exchanges per compressor (the median is reported).")
     warmup: int = option(1, "Untimed exchanges first.")
-    bucket_mb: float = option(25.0, BUCKET_MB)
+    bucket_mb: float = option(0.0, BUCKET_MB)
     codec_repeats: int = 3  # times compress and decompress are timed alone (the median is reported)

@@ -130,7 +130,7 @@ class TrainConfig(FrozenConfig):
     milestones: Tuple[float, ...] = (0.5, 0.75)  # multistep: fractions of training where lr drops 10x
     # system
     compression: str = option("none", _documented("Gradient compression", COMPRESSORS), CLUSTER)
-    bucket_mb: float = option(25.0, BUCKET_MB)
+    bucket_mb: float = option(0.0, BUCKET_MB)
     threads: int = option(0, THREADS)
     out: str = option(
         "runs/latest",
