@@ -12,7 +12,7 @@ By default each gradient is one allgather. With `bucket_bytes` > 0 gradients tra
 consecutive parameters in backward order, up to `bucket_bytes` of fp32 gradient each, each bucket one grouped
 allgather started by the hook of its last gradient, so Horovod negotiates fewer rounds. Measured on ResNet-50 at
 1 Gbit/s with 2 ranks (RESULTS.md section 7), per-tensor and 6 MB buckets exchange equally fast and 25 MB buckets
-(DDP's default) are 6-7% slower (less of the exchange overlaps the encoding), hence the default; buckets are for
+(DDP's default) are 7-9% slower (less of the exchange overlaps the encoding), hence the default; buckets are for
 links where each negotiation round costs more. The buckets are fixed at construction from the parameter order, the
 same on every rank, so every rank's allgathers match.
 
