@@ -306,6 +306,50 @@ def test_the_watchdog_does_not_fire_on_a_slow_healthy_rank(tmp_path):
     assert result.observed.ended == {0} and checkpoint.stat().st_size > 128e6
 
 
+ORPHANING_LAUNCHER = """
+import subprocess, sys
+sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+# a worker detached from the launcher's session (as an elastic driver that died leaves them), and a bystander that
+# names the module but another job's config
+worker = subprocess.Popen(sleep + ["hvdat.train.worker", CONFIG], start_new_session=True)  # holds the job's output
+quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+other = subprocess.Popen(sleep + ["hvdat.train.worker", CONFIG + ".x"], start_new_session=True, **quiet)
+print(worker.pid, other.pid, flush=True)
+"""
+
+
+def test_workers_that_outlive_the_launcher_are_ended(tmp_path):
+    """A job whose launcher exits while one of its workers still runs (outside its process group, holding the output
+    pipe): run_job ends that worker, by its command line, and leaves a process of another job alone."""
+    from hvdat.launch.job import run_job
+
+    config = str(tmp_path / "config.json")
+    script = tmp_path / "launcher.py"
+    script.write_text(f"CONFIG = {config!r}\n" + ORPHANING_LAUNCHER)
+    lines = []
+    started = time.monotonic()
+    result = run_job(
+        [sys.executable, str(script)], tmp_path / "log", lambda event: None, echo=lines.append,
+        workers=("hvdat.train.worker", config),
+    )  # fmt: skip
+    worker, other = (int(pid) for pid in lines[0].split())
+    try:
+        assert result.returncode == 0 and result.leftover_workers == [worker]
+        assert time.monotonic() - started < 8  # not the reader's 10 s wait on the pipe the worker held
+        assert not running(worker)
+        assert running(other)
+        assert f"ended them (pids {worker})" in (tmp_path / "log").read_text()
+    finally:
+        with contextlib.suppress(psutil.Error):
+            psutil.Process(other).kill()
+
+
+def running(pid: int) -> bool:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    return False
+
+
 def test_sigkill_during_mpi_eval_keeps_its_chunks_and_the_rerun_continues(tmp_path, reference):
     """MPI this time: mpirun's own report of the killed rank is read. The rerun (the report's command) skips the
     chunks done before the kill and gives the uninterrupted evaluation's result."""

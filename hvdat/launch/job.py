@@ -35,6 +35,7 @@ class JobResult:
     observed: Observed = field(default_factory=Observed)  # each rank's errors and exit status (hvdat.launch.failure)
     rank_hosts: Tuple[str, ...] = ()
     launcher_errors: List[str] = field(default_factory=list)  # what this side could not write (a full disk)
+    leftover_workers: List[int] = field(default_factory=list)  # workers that outlived horovodrun, ended by us
 
     def failure(self) -> Failure:
         """The first rank to fail and why, the other ranks' errors as its consequences."""
@@ -51,12 +52,15 @@ def run_job(
     graceful_workers: Sequence[str] = (),
     rank_hosts: Sequence[str] = (),
     hang_timeout: float = 0.0,
+    workers: Sequence[str] = (),
 ) -> JobResult:
     """Run argv to completion. Ctrl-C (or SIGTERM to us) becomes a SIGTERM to this machine's workers whose command
     line holds every one of `graceful_workers` (they agree on a step and write a final checkpoint), or to the whole
     job when there are none; a second Ctrl-C kills the job. `output_dir` (a worker run without horovodrun) also
     gets its output, as horovodrun's --output-filename lays it out: DIR/rank.0/stdout (stderr merged into it).
-    `hang_timeout` > 0: a watchdog ends the job when a rank that was beating stops for that long (`_watch`)."""
+    `hang_timeout` > 0: a watchdog ends the job when a rank that was beating stops for that long (`_watch`).
+    `workers`: what names the job's workers in their command line; any left on this machine when argv has exited
+    are ended (`end_leftover_workers`), so a job never outlives its launcher."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
@@ -97,6 +101,13 @@ def run_job(
                     _signal_group(proc, signal.SIGTERM)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        leftovers = end_leftover_workers(workers)  # before the join: they may hold the output pipe open
+        if leftovers:
+            log.write(
+                f"hvdat: {len(leftovers)} worker process(es) still ran after the job's launcher exited; ended them "
+                f"(pids {', '.join(map(str, leftovers))})\n"
+            )
+        result.leftover_workers = leftovers
         reader.join(timeout=10)
         watching.set()
     result.returncode = proc.returncode
@@ -129,6 +140,7 @@ def run_collecting(
     graceful_workers: Sequence[str] = (),
     rank_hosts: Sequence[str] = (),
     hang_timeout: float = 0.0,
+    workers: Sequence[str] = (),
 ) -> Tuple[JobResult, Dict[str, List[dict]]]:
     """`run_job`, also keeping the events of the given kinds (e.g. `epoch`, `result`), in order."""
     found: Dict[str, List[dict]] = {kind: [] for kind in kinds}
@@ -147,6 +159,7 @@ def run_collecting(
         graceful_workers=graceful_workers,
         rank_hosts=rank_hosts,
         hang_timeout=hang_timeout,
+        workers=workers,
     )
     return result, found
 
@@ -170,6 +183,7 @@ def run_launch(
             launch.graceful_workers,
             launch.rank_hosts,
             launch.hang_timeout,
+            launch.workers,
         )
         read_records(failures, result.observed)
         return result, found
@@ -295,6 +309,31 @@ def _signal_workers(proc: subprocess.Popen, markers: Sequence[str], sig: int) ->
                     child.send_signal(sig)
                     found = True
     return found
+
+
+def end_leftover_workers(markers: Sequence[str], grace: float = 3.0) -> List[int]:
+    """End this machine's processes that have every marker as an argument of their own (the job's workers) and
+    still run after the job's launcher (horovodrun, mpirun, srun) has exited: SIGTERM, then SIGKILL after `grace`
+    seconds. Horovod's elastic driver can die and leave its workers running (reparented, outside the job's process
+    group). Returns their pids."""
+    if not markers:
+        return []
+    import psutil
+
+    found = []
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if process.pid != os.getpid() and all(marker in process.cmdline() for marker in markers):
+                process.terminate()
+                found.append(process)
+    if not found:
+        return []
+    _, alive = psutil.wait_procs(found, timeout=grace)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=grace)
+    return [process.pid for process in found]
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
