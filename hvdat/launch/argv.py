@@ -53,16 +53,16 @@ class Launch:
     env: Dict[str, str] = field(default_factory=dict)
     output_dir: Optional[str] = None
     timeline: Optional[str] = None  # a Horovod timeline that rank 0 writes on this machine (closed after the job)
-    # What a Ctrl-C or SIGTERM goes to first: this machine's workers when they stop gracefully on SIGTERM (their
-    # command line, e.g. the module and its config), so they agree on a step and checkpoint. Signalled instead,
-    # horovodrun would end a remote rank's ssh (exit 255) while that rank was still finishing the stop.
-    graceful_workers: Tuple[str, ...] = ()
+    # What names this job's workers in their command line (the module and its config). Any still running on this
+    # machine once horovodrun has exited are ended (an elastic driver that died can leave them).
+    workers: Tuple[str, ...] = ()
+    # The workers stop gracefully on SIGTERM, so a Ctrl-C or SIGTERM goes to them first: they agree on a step and
+    # checkpoint. Signalled instead, horovodrun would end a remote rank's ssh (exit 255) while that rank was still
+    # finishing the stop.
+    graceful: bool = False
     rank_hosts: Tuple[str, ...] = ()  # rank r's host, for errors that name it (empty: elastic, not known up front)
     failure_dir: Optional[str] = None  # where failed ranks write their records (beside the job's config)
     hang_timeout: float = 0.0  # seconds without a rank's heartbeat before the launcher ends the job (0: no watchdog)
-    # What names this job's workers in their command line (the module and its config), graceful or not: any still
-    # running on this machine once horovodrun has exited are ended (an elastic driver that died can leave them)
-    workers: Tuple[str, ...] = ()
 
     def display(self) -> str:
         """For --dry-run: a copy-pasteable line, the added environment first."""
@@ -138,19 +138,18 @@ def build_launch(
     validate(spec)
     timeline = spec.timeline_filename if rank0_is_here(spec) else None
     workers = (module, str(config))
-    graceful_workers = workers if graceful else ()
     failures = str(Path(config).parent / FAILURES_DIR)
     # an elastic job's ranks come and go (and are renumbered): a lost worker's silence is Horovod's to handle
     hang = 0.0 if spec.elastic else float(spec.hang_timeout)
     if is_local_single(spec):
         return Launch(
-            worker_argv(module, config), tuning_env(spec), spec.output_filename, timeline, graceful_workers,
-            ("localhost",), failures, hang, workers,
+            worker_argv(module, config), tuning_env(spec), spec.output_filename, timeline, workers, graceful,
+            ("localhost",), failures, hang,
         )  # fmt: skip
     argv = horovodrun_argv(spec, module, config, horovodrun)
     return Launch(
-        argv, timeline=timeline, graceful_workers=graceful_workers, rank_hosts=rank_hosts(spec),
-        failure_dir=failures, hang_timeout=hang, workers=workers,
+        argv, timeline=timeline, workers=workers, graceful=graceful, rank_hosts=rank_hosts(spec),
+        failure_dir=failures, hang_timeout=hang,
     )  # fmt: skip
 
 

@@ -49,18 +49,19 @@ def run_job(
     env: Optional[Dict[str, str]] = None,
     echo: Optional[Callable[[str], None]] = None,
     output_dir: Optional[str] = None,
-    graceful_workers: Sequence[str] = (),
+    workers: Sequence[str] = (),
+    graceful: bool = False,
     rank_hosts: Sequence[str] = (),
     hang_timeout: float = 0.0,
-    workers: Sequence[str] = (),
 ) -> JobResult:
-    """Run argv to completion. Ctrl-C (or SIGTERM to us) becomes a SIGTERM to this machine's workers whose command
-    line holds every one of `graceful_workers` (they agree on a step and write a final checkpoint), or to the whole
-    job when there are none; a second Ctrl-C kills the job. `output_dir` (a worker run without horovodrun) also
+    """Run argv to completion. `workers`: what names the job's workers in their command line (each an argument of
+    its own). Ctrl-C (or SIGTERM to us) becomes a SIGTERM to this machine's workers when they are `graceful` (they
+    agree on a step and write a final checkpoint), else (or when there are none here) to the whole job; a second
+    Ctrl-C kills the job. `output_dir` (a worker run without horovodrun) also
     gets its output, as horovodrun's --output-filename lays it out: DIR/rank.0/stdout (stderr merged into it).
     `hang_timeout` > 0: a watchdog ends the job when a rank that was beating stops for that long (`_watch`).
-    `workers`: what names the job's workers in their command line; any left on this machine when argv has exited
-    are ended (`end_leftover_workers`), so a job never outlives its launcher."""
+    Workers left on this machine when argv has exited are ended (`end_leftover_workers`), so a job never outlives
+    its launcher."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     tails: Dict[Optional[int], Deque[str]] = collections.defaultdict(lambda: collections.deque(maxlen=TAIL_LINES))
@@ -97,7 +98,7 @@ def run_job(
                 interrupts += 1
                 if interrupts > 1:
                     _signal_group(proc, signal.SIGKILL)
-                elif not _signal_workers(proc, graceful_workers, signal.SIGTERM):
+                elif not (graceful and _signal_workers(proc, workers, signal.SIGTERM)):
                     _signal_group(proc, signal.SIGTERM)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
@@ -137,10 +138,10 @@ def run_collecting(
     kinds: Sequence[str],
     env: Optional[Dict[str, str]] = None,
     output_dir: Optional[str] = None,
-    graceful_workers: Sequence[str] = (),
+    workers: Sequence[str] = (),
+    graceful: bool = False,
     rank_hosts: Sequence[str] = (),
     hang_timeout: float = 0.0,
-    workers: Sequence[str] = (),
 ) -> Tuple[JobResult, Dict[str, List[dict]]]:
     """`run_job`, also keeping the events of the given kinds (e.g. `epoch`, `result`), in order."""
     found: Dict[str, List[dict]] = {kind: [] for kind in kinds}
@@ -156,10 +157,10 @@ def run_collecting(
         collect,
         env,
         output_dir=output_dir,
-        graceful_workers=graceful_workers,
+        workers=workers,
+        graceful=graceful,
         rank_hosts=rank_hosts,
         hang_timeout=hang_timeout,
-        workers=workers,
     )
     return result, found
 
@@ -180,10 +181,10 @@ def run_launch(
             kinds,
             launch.env,
             launch.output_dir,
-            launch.graceful_workers,
+            launch.workers,
+            launch.graceful,
             launch.rank_hosts,
             launch.hang_timeout,
-            launch.workers,
         )
         read_records(failures, result.observed)
         return result, found
@@ -305,10 +306,15 @@ def _signal_workers(proc: subprocess.Popen, markers: Sequence[str], sig: int) ->
     with contextlib.suppress(psutil.Error):
         for child in psutil.Process(proc.pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                if all(marker in child.cmdline() for marker in markers):
+                if _is_worker(child, markers):
                     child.send_signal(sig)
                     found = True
     return found
+
+
+def _is_worker(process, markers: Sequence[str]) -> bool:
+    """Every marker is an argument of the process's own (not inside a shell's `-c` string)."""
+    return all(marker in process.cmdline() for marker in markers)
 
 
 def end_leftover_workers(markers: Sequence[str], grace: float = 3.0) -> List[int]:
@@ -323,7 +329,7 @@ def end_leftover_workers(markers: Sequence[str], grace: float = 3.0) -> List[int
     found = []
     for process in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            if process.pid != os.getpid() and all(marker in process.cmdline() for marker in markers):
+            if process.pid != os.getpid() and _is_worker(process, markers):
                 process.terminate()
                 found.append(process)
     if not found:
