@@ -326,6 +326,8 @@ def test_square_beating_the_white_box_attacks_is_flagged(plain_run):
     entry = summary["sweep"][0]
     assert entry["stages"]["square"] < entry["stages"]["fab-t"]
     assert entry["sanity"]["square_beats_whitebox"]["raised"]
+    # every stage ran on survivors, and its time is in the report
+    assert list(entry["stage_seconds"]) == list(plan.stages) and min(entry["stage_seconds"].values()) > 0
 
 
 def test_plan_reports_every_departure_and_rejects_impossible_norms():

@@ -9,6 +9,7 @@ or how many ranks there are, so sharding chunks over Horovod ranks reproduces a 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Sequence, Tuple
 
@@ -44,6 +45,7 @@ class EpsResult:
     rejected: int = 0  # misclassifying candidates dropped for leaving the eps-ball or [0,1]
     nan: int = 0
     curve: Dict[str, List[int]] = field(default_factory=dict)
+    stage_seconds: Dict[str, float] = field(default_factory=dict)  # each stage's time on this chunk
 
 
 @dataclass
@@ -96,10 +98,12 @@ def _cascade(model, x, y, clean_pred, plan: Plan, runner: StageRunner, generator
         idx = robust.nonzero().flatten()
         if len(idx) == 0:
             break
+        stage_start = time.perf_counter()
         x_sub, y_sub = x[idx].clone(), y[idx].clone()
         adv = runner.run(stage, x_sub, y_sub, generator, result.curve).detach()
         with torch.no_grad():
             pred = model(adv).argmax(1)
+        result.stage_seconds[stage] = time.perf_counter() - stage_start
         finite = torch.isfinite(adv.flatten(1)).all(1)
         norms = perturbation_norm(adv - x_sub, plan.norm)
         in_range = (adv.flatten(1).amin(1) >= 0) & (adv.flatten(1).amax(1) <= 1)

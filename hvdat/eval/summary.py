@@ -37,6 +37,7 @@ def summarise(chunks: Sequence[ChunkResult], plan: Plan, eps_values: Sequence[fl
         pixel_min = min((r.pixel_min for r in per), default=1.0)
         pixel_max = max((r.pixel_max for r in per), default=0.0)
         curve = _sum_curves(r.curve for r in per)
+        stage_seconds = {s: sum(r.stage_seconds.get(s, 0.0) for r in per) for s in plan.stages}
         entry = {
             "eps": eps,
             "robust_accuracy": robust,
@@ -46,6 +47,7 @@ def summarise(chunks: Sequence[ChunkResult], plan: Plan, eps_values: Sequence[fl
             and (not used or (pixel_min >= 0 and pixel_max <= 1)),
             "pixel_range": [pixel_min, pixel_max] if used else None,
             "pgd_curve": {k: [c / max(n, 1) for c in v] for k, v in curve.items()},
+            "stage_seconds": stage_seconds,  # compute time per stage, summed over chunks (and ranks)
             "broken_by": [_stage_name(b, plan.stages) for b in broken_by],
             "adv_pred": [v for r in per for v in r.adv_pred],
             "perturbation": perturbation,
@@ -141,5 +143,14 @@ def headline(summary: Dict) -> Dict:
     last = max(summary["sweep"], key=lambda e: e["eps"])
     return {
         k: last[k]
-        for k in ("eps", "robust_accuracy", "stages", "max_perturbation", "perturbation_ok", "pixel_range", "sanity")
+        for k in (
+            "eps",
+            "robust_accuracy",
+            "stages",
+            "stage_seconds",
+            "max_perturbation",
+            "perturbation_ok",
+            "pixel_range",
+            "sanity",
+        )
     }
