@@ -370,6 +370,22 @@ def test_report_plots_training_curves_and_robust_accuracy_against_eps(trained_ru
         assert name in proc.stdout and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
 
+def test_eval_workers_wake_horovod_rarely_unless_told(tmp_path):
+    """Horovod's 1 ms cycle costs CPU workers about 9% of a core each; an evaluation barely uses collectives."""
+    from types import SimpleNamespace
+
+    from hvdat.eval.run import EVAL_CYCLE_TIME_MS, eval_launch
+    from hvdat.launch import LaunchSpec
+
+    cfg = SimpleNamespace(work_dir=str(tmp_path))
+    two = eval_launch(cfg, LaunchSpec(np=2)).argv
+    assert two[two.index("--cycle-time-ms") + 1] == "50" and EVAL_CYCLE_TIME_MS == 50
+    assert eval_launch(cfg, LaunchSpec(np=1)).env["HOROVOD_CYCLE_TIME"] == "50"  # the worker started directly
+    told = eval_launch(cfg, LaunchSpec(np=2, cycle_time_ms=3)).argv
+    assert told[told.index("--cycle-time-ms") + 1] == "3"
+    assert "--cycle-time-ms" not in eval_launch(cfg, LaunchSpec(np=2, autotune=True)).argv  # autotune tunes it
+
+
 def test_bad_input_is_one_clear_line(plain_run, tmp_path):
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)
