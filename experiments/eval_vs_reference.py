@@ -20,9 +20,11 @@ default batches a borderline point may differ, and those are counted, not failed
 
 Without --run, a small PGD-trained CNN on digits is trained first, so that points survive APGD-CE and the whole
 cascade does real work, as it does on a robust model. The machine's load (`os.getloadavg`) is printed before and
-after: on a shared machine the figures move with it.
+after: on a shared machine the figures move with it (two runs of the same evaluation minutes apart differed by up to
+16% here), so `--repeats R` runs the four measurements in R interleaved rounds and reports medians, each ratio taken
+within its round.
 
-    python experiments/eval_vs_reference.py [--run RUN_DIR] [--n-examples 360] [--eps 0.1] [--json]
+    python experiments/eval_vs_reference.py [--run RUN_DIR] [--n-examples 360] [--eps 0.1] [--repeats 1] [--json]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -121,6 +124,16 @@ def hvdat_eval(run: Path, n: int, eps: float, np: int, out: Path, *extra) -> dic
     }
 
 
+def _median_run(runs: list) -> dict:
+    """The run with the median wall clock (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r["wall_seconds"])[(len(runs) - 1) // 2]
+
+
+def _median_ratio(rounds: list, numerator: str, denominator: str, key: str = "wall_seconds") -> float:
+    """The median over rounds of one configuration's seconds over another's, each ratio within its own round."""
+    return statistics.median(x[numerator][key] / x[denominator][key] for x in rounds)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--reference-child":
         return reference_child(*sys.argv[2:6])
@@ -128,6 +141,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, help="an hvdat run on digits to evaluate (default: train a small one)")
     parser.add_argument("--n-examples", type=int, default=360)
     parser.add_argument("--eps", type=float, default=0.1)
+    parser.add_argument("--repeats", type=int, default=1, help="interleaved rounds of the four runs; medians")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="hvdat-eval-vs-ref-"))
@@ -136,15 +150,19 @@ def main() -> None:
         train_tiny(run)
     load_before = os.getloadavg()
     n, eps = args.n_examples, args.eps
-    one = hvdat_eval(run, n, eps, 1, scratch / "np1.json")
-    print(f"hvdat np 1: {n / one['wall_seconds']:.3f} examples/s ({one['chunks']} chunks)", file=sys.stderr)
-    ref = reference(run, n, eps)
-    print(f"reference: {ref['wall_examples_per_second']:.3f} examples/s", file=sys.stderr)
-    two = hvdat_eval(run, n, eps, 2, scratch / "np2.json")
-    print(f"hvdat np 2: {n / two['wall_seconds']:.3f} examples/s", file=sys.stderr)
-    # the sharding alone: np 1 on one core (np 2's threads per rank), so that np 2 adds a core, as on a cluster
-    one_core = hvdat_eval(run, n, eps, 1, scratch / "np1-1thread.json", "--threads", "1")
-    print(f"hvdat np 1, 1 thread: {n / one_core['wall_seconds']:.3f} examples/s", file=sys.stderr)
+    rounds = []
+    for r in range(args.repeats):  # interleaved, so that a shared machine's drift hits every configuration alike
+        one = hvdat_eval(run, n, eps, 1, scratch / f"np1-{r}.json")
+        print(f"[{r}] hvdat np 1: {n / one['wall_seconds']:.3f} examples/s ({one['chunks']} chunks)", file=sys.stderr)
+        ref = reference(run, n, eps)
+        print(f"[{r}] reference: {ref['wall_examples_per_second']:.3f} examples/s", file=sys.stderr)
+        two = hvdat_eval(run, n, eps, 2, scratch / f"np2-{r}.json")
+        print(f"[{r}] hvdat np 2: {n / two['wall_seconds']:.3f} examples/s", file=sys.stderr)
+        # the sharding alone: np 1 on one core (np 2's threads per rank), so that np 2 adds a core, as on a cluster
+        one_core = hvdat_eval(run, n, eps, 1, scratch / f"np1-1thread-{r}.json", "--threads", "1")
+        print(f"[{r}] hvdat np 1, 1 thread: {n / one_core['wall_seconds']:.3f} examples/s", file=sys.stderr)
+        rounds.append({"one": one, "ref": ref, "two": two, "one_core": one_core})
+    one, ref, two, one_core = (_median_run([x[k] for x in rounds]) for k in ("one", "ref", "two", "one_core"))
     # the equality check: the reference on hvdat's own chunks (AutoAttack's draws depend on the batch)
     bounds = [(lo, min(lo + one["batch_size"], n)) for lo in range(0, n, one["batch_size"])]
     same = reference(run, n, eps, bounds)
@@ -159,19 +177,21 @@ def main() -> None:
         "reference_wall_seconds": ref["wall_seconds"],
         "hvdat_np1_wall_seconds": one["wall_seconds"],
         "hvdat_np2_wall_seconds": two["wall_seconds"],
-        "np1_over_reference": ref["wall_seconds"] / one["wall_seconds"],
-        "np2_over_np1": one["wall_seconds"] / two["wall_seconds"],
+        "np1_over_reference": _median_ratio(rounds, "ref", "one"),
+        "np2_over_np1": _median_ratio(rounds, "one", "two"),
         "hvdat_np1_one_thread_wall_seconds": one_core["wall_seconds"],
-        "np2_over_np1_one_thread": one_core["wall_seconds"] / two["wall_seconds"],
+        "np2_over_np1_one_thread": _median_ratio(rounds, "one_core", "two"),
+        "repeats": args.repeats,
+        "rounds_wall_seconds": [{k: x[k]["wall_seconds"] for k in x} for x in rounds],
         # the attack alone: run_standard_evaluation's time, hvdat's workers' chunk loop
         "reference_attack_seconds": ref["seconds"],
         "hvdat_np1_attack_seconds": one["seconds"],
         "hvdat_np2_attack_seconds": two["seconds"],
-        "attack_np1_over_reference": ref["seconds"] / one["seconds"],
+        "attack_np1_over_reference": _median_ratio(rounds, "ref", "one", "seconds"),
         # the reference on hvdat's chunks: what the chunking costs or saves, apart from hvdat's own overhead
         "reference_on_chunks_attack_seconds": same["seconds"],
         "attack_np1_over_reference_on_chunks": same["seconds"] / one["seconds"],
-        "attack_np2_over_np1": one["seconds"] / two["seconds"],
+        "attack_np2_over_np1": _median_ratio(rounds, "one", "two", "seconds"),
         "threads": {"reference": ref["threads"], "hvdat_np1": one["threads"], "hvdat_np2_per_rank": two["threads"]},
         "chunk_size": one["batch_size"],
         "chunks": one["chunks"],
@@ -181,7 +201,7 @@ def main() -> None:
         # about 2 / this (less the ranks' imbalance and start-up)
         "two_threads_speedup": (sum(two["rank_seconds"]) / one["chunks"]) / (one["seconds"] / one["chunks"]),
         "robust_accuracy": {"reference": sum(ref["robust"]) / n, "hvdat": one["robust_accuracy"]},
-        "np1_equals_np2": one["examples"] == two["examples"] == one_core["examples"],
+        "np1_equals_np2": all(x[k]["examples"] == one["examples"] for x in rounds for k in ("one", "two", "one_core")),
         "differ_from_reference_on_the_same_batches": [i for i in range(n) if one["robust"][i] != same["robust"][i]],
         "differ_from_reference_default_batches": [i for i in range(n) if one["robust"][i] != ref["robust"][i]],
     }
@@ -201,7 +221,8 @@ def main() -> None:
     else:
         print(
             f"AutoAttack standard, {n} digits test images, eps {eps}, {summary['chunks']} chunks of "
-            f"{summary['chunk_size']}, load average {load_before[0]:.1f} -> {summary['load_average_after'][0]:.1f}\n"
+            f"{summary['chunk_size']}, medians of {args.repeats} interleaved round(s), load average "
+            f"{load_before[0]:.1f} -> {summary['load_average_after'][0]:.1f}\n"
             f"  whole evaluation (wall clock, start-up included), examples/s:\n"
             f"    reference run_standard_evaluation (batch size 250, {ref['threads']} threads): "
             f"{n / ref['wall_seconds']:.3f}\n"
