@@ -25,9 +25,10 @@ EVAL_DIR = "eval"
 CONFIG_FILE = "config.json"
 WORKER = "hvdat.eval.worker"
 # Horovod's background thread wakes every cycle (1 ms by default) and, with more than one rank, negotiates over the
-# network each time: about 9% of a core per rank on CPUs, taken from the attack's compute threads (np 1 at 2 threads
-# and np 2 on 2 cores each ran AutoAttack about 10% faster at 20 ms). An evaluation's ranks exchange a handful of
-# objects in all, so each waits at most one cycle more; --cycle-time-ms (or --autotune) overrides it.
+# network each time: about 9% of a core per rank on CPUs, taken from the attack's compute threads (on 2 cores, np 1
+# at 2 threads ran an AutoAttack chunk about 10% faster at 20 ms, and np 2's ranks took 10% less time at 100 ms). An
+# evaluation's ranks exchange a handful of objects in all, so each waits at most one cycle more; --cycle-time-ms (or
+# --autotune) overrides it.
 EVAL_CYCLE_TIME_MS = 50.0
 
 
