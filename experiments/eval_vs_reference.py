@@ -4,19 +4,19 @@ Each measurement is AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square; referen
 evaluation timed by the wall clock from process start to result (imports, model and data loading included):
 - the reference: pyautoattack's `AutoAttack(...).run_standard_evaluation(x, y)` with its default batch size (250),
   in a fresh Python process, torch's default threads (all cores);
-- `hvdat eval --np 1` with hvdat's defaults (chunk size from the example count and the model's FLOPs; threads: all
-  cores);
-- `hvdat eval --np 2` with the same defaults (one thread per rank; chunks pulled from the shared queue);
+- `hvdat eval --np 1` with hvdat's defaults (batches: each phase's examples split evenly, at most the size the model's
+  FLOPs call for; threads: all cores);
+- `hvdat eval --np 2` with the same defaults (one thread per rank; each phase's batches pulled from the shared queue);
 - `hvdat eval --np 1 --threads 1`: np 1 on one core, so that np 2 / np 1 at one thread per rank measures the sharding
   alone (np 1's default threads already use both cores of a 2-core machine, so there np 2 adds no hardware).
 
 It prints examples/s for each and the ratios hvdat np 1 / reference (target >= 1.0) and np 2 / np 1 (target >= 1.8
-on 2 cores), then the same for the attack alone (run_standard_evaluation's time; hvdat's chunk loop). It checks, and
-exits 1 otherwise: np 1 (either thread count) and np 2 give the same per-example results (chunks do not depend on
---np); hvdat's per-example verdicts equal the reference's run on hvdat's chunks (`batch_size` = the chunk:
-AutoAttack's random starts and Square's draws depend on an example's position in its batch, so with the reference's
-default batches a borderline point may differ, and those are counted, not failed); np 1 runs all cores' threads, np
-2 one per rank.
+on 2 cores), then the same for the attack alone (run_standard_evaluation's time; hvdat's phases). It checks, and
+exits 1 otherwise: np 1 (either thread count) and np 2 give the same per-example results (batches do not depend on
+--np); `hvdat eval --batch-size 250` (the reference's blocks, once, after the rounds) gives per example exactly the
+reference's verdicts (AutoAttack's random starts and Square's draws depend on an example's position in its batch, so
+with hvdat's default batches a borderline point may differ, and those are counted, not failed); np 1 runs all cores'
+threads, np 2 one per rank.
 
 Without --run, a small PGD-trained CNN on digits is trained first, so that points survive APGD-CE and the whole
 cascade does real work, as it does on a robust model. The machine's load (`os.getloadavg`) is printed before and
@@ -49,14 +49,13 @@ def train_tiny(out: Path) -> None:
     )  # fmt: skip
 
 
-def reference(run: Path, n: int, eps: float, batches=None) -> dict:
-    """The reference run_standard_evaluation (default batch size, or one call per given (lo, hi) batch) in a fresh
-    process, as a user runs it: `wall_seconds` counts the whole process (imports, model and data loading), as the
-    hvdat command's wall clock does; `seconds` the run_standard_evaluation calls only."""
+def reference(run: Path, n: int, eps: float) -> dict:
+    """The reference run_standard_evaluation (its default batch size) in a fresh process, as a user runs it:
+    `wall_seconds` counts the whole process (imports, model and data loading), as the hvdat command's wall clock
+    does; `seconds` the run_standard_evaluation call only."""
     import subprocess
 
-    spec = ",".join(f"{lo}:{hi}" for lo, hi in batches) if batches else ""
-    command = [sys.executable, __file__, "--reference-child", str(run), str(n), str(eps), spec]
+    command = [sys.executable, __file__, "--reference-child", str(run), str(n), str(eps)]
     start = time.perf_counter()
     proc = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO)
     wall = time.perf_counter() - start
@@ -71,12 +70,12 @@ def reference(run: Path, n: int, eps: float, batches=None) -> dict:
     }
 
 
-def reference_child(run: str, n: str, eps: str, spec: str) -> None:
+def reference_child(run: str, n: str, eps: str) -> None:
     import torch
     from pyautoattack import AutoAttack
 
     from hvdat.data import load_splits
-    from hvdat.eval.chunks import examples
+    from hvdat.eval.examples import examples
     from hvdat.eval.worker import load_model
     from hvdat.runtime import checkpoint
 
@@ -86,13 +85,7 @@ def reference_child(run: str, n: str, eps: str, spec: str) -> None:
     attack = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=0)
     attack.logger.disabled = True
     start = time.perf_counter()
-    if not spec:
-        x_adv, _ = attack.run_standard_evaluation(x, y)  # its default batch size; returns (x_adv, y_adv)
-    else:
-        bounds = [tuple(map(int, b.split(":"))) for b in spec.split(",")]
-        x_adv = torch.cat(
-            [attack.run_standard_evaluation(x[lo:hi], y[lo:hi], batch_size=hi - lo)[0] for lo, hi in bounds]
-        )
+    x_adv, _ = attack.run_standard_evaluation(x, y)  # its default batch size (250); returns (x_adv, y_adv)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         robust = (model(x_adv).argmax(1) == y).tolist()
@@ -114,7 +107,7 @@ def hvdat_eval(run: Path, n: int, eps: float, np: int, out: Path, *extra) -> dic
         "seconds": report["seconds"],
         "rank_seconds": report["rank_seconds"],
         "batch_size": report["batch_size"],
-        "chunks": report["chunks"],
+        "batches": report["batches"],
         "handout": report["handout"],
         "robust_accuracy": report["robust_accuracy"],
         "threads": report["threads"],
@@ -136,7 +129,7 @@ def _median_ratio(rounds: list, numerator: str, denominator: str, key: str = "wa
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--reference-child":
-        return reference_child(*sys.argv[2:6])
+        return reference_child(*sys.argv[2:5])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, help="an hvdat run on digits to evaluate (default: train a small one)")
     parser.add_argument("--n-examples", type=int, default=360)
@@ -153,7 +146,7 @@ def main() -> None:
     rounds = []
     for r in range(args.repeats):  # interleaved, so that a shared machine's drift hits every configuration alike
         one = hvdat_eval(run, n, eps, 1, scratch / f"np1-{r}.json")
-        print(f"[{r}] hvdat np 1: {n / one['wall_seconds']:.3f} examples/s ({one['chunks']} chunks)", file=sys.stderr)
+        print(f"[{r}] hvdat np 1: {n / one['wall_seconds']:.3f} examples/s {one['batches']}", file=sys.stderr)
         ref = reference(run, n, eps)
         print(f"[{r}] reference: {ref['wall_examples_per_second']:.3f} examples/s", file=sys.stderr)
         two = hvdat_eval(run, n, eps, 2, scratch / f"np2-{r}.json")
@@ -163,9 +156,8 @@ def main() -> None:
         print(f"[{r}] hvdat np 1, 1 thread: {n / one_core['wall_seconds']:.3f} examples/s", file=sys.stderr)
         rounds.append({"one": one, "ref": ref, "two": two, "one_core": one_core})
     one, ref, two, one_core = (_median_run([x[k] for x in rounds]) for k in ("one", "ref", "two", "one_core"))
-    # the equality check: the reference on hvdat's own chunks (AutoAttack's draws depend on the batch)
-    bounds = [(lo, min(lo + one["batch_size"], n)) for lo in range(0, n, one["batch_size"])]
-    same = reference(run, n, eps, bounds)
+    # the equality check: hvdat cutting the reference's blocks of 250 (AutoAttack's draws depend on the batch)
+    same = hvdat_eval(run, n, eps, 1, scratch / "np1-bs250.json", "--batch-size", "250")
     cores = os.cpu_count()
     summary = {
         "n_examples": n,
@@ -183,26 +175,26 @@ def main() -> None:
         "np2_over_np1_one_thread": _median_ratio(rounds, "one_core", "two"),
         "repeats": args.repeats,
         "rounds_wall_seconds": [{k: x[k]["wall_seconds"] for k in x} for x in rounds],
-        # the attack alone: run_standard_evaluation's time, hvdat's workers' chunk loop
+        # the attack alone: run_standard_evaluation's time, hvdat's workers' phases
         "reference_attack_seconds": ref["seconds"],
         "hvdat_np1_attack_seconds": one["seconds"],
         "hvdat_np2_attack_seconds": two["seconds"],
         "attack_np1_over_reference": _median_ratio(rounds, "ref", "one", "seconds"),
-        # the reference on hvdat's chunks: what the chunking costs or saves, apart from hvdat's own overhead
-        "reference_on_chunks_attack_seconds": same["seconds"],
-        "attack_np1_over_reference_on_chunks": same["seconds"] / one["seconds"],
+        # hvdat on the reference's batches: its own overhead, apart from what its batching costs or saves
+        "hvdat_bs250_attack_seconds": same["seconds"],
+        "attack_bs250_over_reference": ref["seconds"] / same["seconds"],
         "attack_np2_over_np1": _median_ratio(rounds, "one", "two", "seconds"),
         "threads": {"reference": ref["threads"], "hvdat_np1": one["threads"], "hvdat_np2_per_rank": two["threads"]},
-        "chunk_size": one["batch_size"],
-        "chunks": one["chunks"],
+        "batch_size": one["batch_size"],
+        "batches": one["batches"],
         "np2_handout": two["handout"],
         "np2_rank_seconds": two["rank_seconds"],
-        # what 2 threads buy one chunk over 1 thread (np 1's chunk time against np 2's): np 2 / np 1 can reach
-        # about 2 / this (less the ranks' imbalance and start-up)
-        "two_threads_speedup": (sum(two["rank_seconds"]) / one["chunks"]) / (one["seconds"] / one["chunks"]),
+        # what 2 threads buy the same batches over 1 thread (np 1's time against np 2's ranks' busy seconds): np 2 /
+        # np 1 can reach about 2 / this (less the ranks' imbalance and start-up)
+        "two_threads_speedup": sum(two["rank_seconds"]) / one["seconds"],
         "robust_accuracy": {"reference": sum(ref["robust"]) / n, "hvdat": one["robust_accuracy"]},
         "np1_equals_np2": all(x[k]["examples"] == one["examples"] for x in rounds for k in ("one", "two", "one_core")),
-        "differ_from_reference_on_the_same_batches": [i for i in range(n) if one["robust"][i] != same["robust"][i]],
+        "differ_from_reference_on_the_same_batches": [i for i in range(n) if same["robust"][i] != ref["robust"][i]],
         "differ_from_reference_default_batches": [i for i in range(n) if one["robust"][i] != ref["robust"][i]],
     }
     failures = [
@@ -220,8 +212,8 @@ def main() -> None:
         print(json.dumps(summary))
     else:
         print(
-            f"AutoAttack standard, {n} digits test images, eps {eps}, {summary['chunks']} chunks of "
-            f"{summary['chunk_size']}, medians of {args.repeats} interleaved round(s), load average "
+            f"AutoAttack standard, {n} digits test images, eps {eps}, batches {summary['batches']} (at most "
+            f"{summary['batch_size']}), medians of {args.repeats} interleaved round(s), load average "
             f"{load_before[0]:.1f} -> {summary['load_average_after'][0]:.1f}\n"
             f"  whole evaluation (wall clock, start-up included), examples/s:\n"
             f"    reference run_standard_evaluation (batch size 250, {ref['threads']} threads): "
@@ -232,16 +224,16 @@ def main() -> None:
             f"np 2 / np 1 {summary['np2_over_np1']:.2f} (target >= 1.8)\n"
             f"    hvdat eval --np 1 --threads 1: {n / one_core['wall_seconds']:.3f}; np 2 / np 1 at one thread "
             f"per rank {summary['np2_over_np1_one_thread']:.2f} (the sharding: np 2 adds the second core)\n"
-            f"  the attack alone (run_standard_evaluation; hvdat's chunk loop), examples/s: reference "
+            f"  the attack alone (run_standard_evaluation; hvdat's phases), examples/s: reference "
             f"{n / ref['seconds']:.3f}, np 1 {n / one['seconds']:.3f} ({summary['attack_np1_over_reference']:.2f}), "
-            f"np 2 {n / two['seconds']:.3f} ({summary['attack_np2_over_np1']:.2f}); the reference on hvdat's chunks "
-            f"{n / same['seconds']:.3f} (np 1 / it {summary['attack_np1_over_reference_on_chunks']:.2f}); np 2 rank "
-            f"seconds {[round(s, 1) for s in two['rank_seconds']]}; 2 threads speed a chunk up "
+            f"np 2 {n / two['seconds']:.3f} ({summary['attack_np2_over_np1']:.2f}); hvdat on the reference's "
+            f"batches of 250 {n / same['seconds']:.3f} (/ reference {summary['attack_bs250_over_reference']:.2f}); "
+            f"np 2 rank seconds {[round(s, 1) for s in two['rank_seconds']]}; 2 threads speed the work up "
             f"{summary['two_threads_speedup']:.2f}x over 1\n"
             f"  robust accuracy: reference {summary['robust_accuracy']['reference']:.2%}, hvdat "
             f"{summary['robust_accuracy']['hvdat']:.2%}; np 1 == np 2 per example: {summary['np1_equals_np2']}; "
-            f"verdicts differing from the reference on hvdat's chunks: "
-            f"{len(summary['differ_from_reference_on_the_same_batches'])} (must be 0), with its default batches: "
+            f"verdicts of hvdat --batch-size 250 differing from the reference's: "
+            f"{len(summary['differ_from_reference_on_the_same_batches'])} (must be 0), of hvdat's default batches: "
             f"{len(summary['differ_from_reference_default_batches'])} (borderline points; AutoAttack's draws depend "
             f"on the batch)"
         )

@@ -164,87 +164,94 @@ def test_a_killed_evaluation_resumes_from_its_state_file(plain_run, tmp_path):
     first = _file(_eval(plain_run, *args), out)
     work = tmp_path / "pgd.work"
     assert not (work / "state").exists(), "a finished evaluation removes its state"
-    # Leave the state a run killed after its first chunk would leave, with a marker a recomputation cannot produce
+    # Leave the state a run killed after its first batch of PGD would leave, with a marker a recomputation cannot
+    # produce: every example of that batch broken, at a perturbation PGD never reports
     fingerprint = json.loads((work / "config.json").read_text())["fingerprint"]
-    chunk0 = {
-        "chunk": 0,
-        "indices": list(range(16)),
-        "labels": first["examples"]["label"][:16],
-        "clean_pred": first["examples"]["label"][:16],
-        "randomized": False,
-        "seconds": 1.0,
-        "per_eps": [
-            {
-                "broken_by": [0] * 16,
-                "adv_pred": [(y + 1) % 10 for y in first["examples"]["label"][:16]],
-                "perturbation": [0.05] * 16,
-                "pixel_min": 0.0,
-                "pixel_max": 1.0,
-                "rejected": 0,
-                "nan": 0,
-                "curve": {},
-            }
-        ],
+    labels = first["examples"]["label"]
+    correct = [i for i, (p, y) in enumerate(zip(first["examples"]["clean_pred"], labels)) if p == y]
+    clean = [
+        {
+            "key": f"0:-1:{b}",
+            "indices": list(range(b * 16, b * 16 + 16)),
+            "pred": first["examples"]["clean_pred"][b * 16 : b * 16 + 16],
+        }
+        for b in range(3)
+    ]
+    batch0 = {
+        "key": "1:0:0",
+        "indices": correct[:16],
+        "pred": [(labels[i] + 1) % 10 for i in correct[:16]],
+        "broken": [True] * 16,
+        "perturbation": [0.05] * 16,
+        "pixel_min": 0.0,
+        "pixel_max": 1.0,
     }
     (work / "state").mkdir()
     (work / "state" / "rank-0.jsonl").write_text(
-        json.dumps({"fingerprint": fingerprint}) + "\n" + json.dumps(chunk0) + "\n"
+        "\n".join(json.dumps(r) for r in [{"fingerprint": fingerprint}, *clean, batch0]) + "\n"
     )
     resumed = _file(_eval(plain_run, *args, "--np", "2"), out)
-    assert resumed["resumed_chunks"] == 1 and resumed["resumed_examples"] == 16
-    assert resumed["examples"]["by_eps"][0]["broken_by"][:16] == ["pgd"] * 16  # taken from the state, not redone
+    assert resumed["resumed_batches"] == 4 and 0 < resumed["resumed_share"] < 1
+    by_eps, before = resumed["examples"]["by_eps"][0], first["examples"]["by_eps"][0]
+    assert [by_eps["broken_by"][i] for i in correct[:16]] == ["pgd"] * 16  # taken from the state, not redone
+    assert [by_eps["perturbation"][i] for i in correct[:16]] == [0.05] * 16
+    rest = [i for i in range(48) if i not in correct[:16]]
     for key in ("broken_by", "adv_pred", "perturbation"):
-        assert resumed["examples"]["by_eps"][0][key][16:] == first["examples"]["by_eps"][0][key][16:]
+        assert [by_eps[key][i] for i in rest] == [before[key][i] for i in rest]
 
 
-def test_a_line_cut_short_by_a_kill_does_not_swallow_the_next_chunk(tmp_path):
-    from hvdat.eval.cascade import ChunkResult, EpsResult
-    from hvdat.eval.chunks import ChunkStore
+def test_a_line_cut_short_by_a_kill_does_not_swallow_the_next_batch(tmp_path):
+    from hvdat.eval.cascade import BatchResult
+    from hvdat.eval.store import BatchStore
 
-    def chunk(c):
-        return ChunkResult(c, [c], [1], [1], [EpsResult([0], [2], [0.1])], False, 1.0)
+    def batch(b):
+        return BatchResult(f"1:0:{b}", [b], [2], [True], [0.1], seconds=1.0)
 
-    store = ChunkStore(tmp_path, "fp", 0)
+    store = BatchStore(tmp_path, "fp", 0)
     store.open()
-    store.append(chunk(0))
+    store.append(batch(0))
     with open(store.path, "a") as handle:
-        handle.write('{"chunk": 1, "indi')  # the kill came mid-write
-    resumed = ChunkStore(tmp_path, "fp", 0)
-    assert list(resumed.load()) == [0]
+        handle.write('{"key": "1:0:1", "indi')  # the kill came mid-write
+    resumed = BatchStore(tmp_path, "fp", 0)
+    assert list(resumed.load()) == ["1:0:0"]
     resumed.open()
-    resumed.append(chunk(1))
-    assert sorted(ChunkStore(tmp_path, "fp", 0).load()) == [0, 1]
+    resumed.append(batch(1))
+    assert sorted(BatchStore(tmp_path, "fp", 0).load()) == ["1:0:0", "1:0:1"]
 
 
-def test_the_workers_examples_file_gives_exactly_the_datasets_chunks(tmp_path):
+def test_the_workers_examples_file_gives_exactly_the_datasets_examples(tmp_path):
     """The workers read the evaluated examples from the file `hvdat eval` writes instead of loading the dataset:
-    every chunk must be bit-identical to the dataset's, whether stored as uint8 (digits) or as floats."""
+    every batch must be bit-identical to the dataset's, whether stored as uint8 (digits) or as floats."""
     from hvdat.data import load_splits
-    from hvdat.eval.chunks import Examples, examples, save_examples
+    from hvdat.eval.examples import Examples, examples, save_examples
 
     cpu = torch.device("cpu")
     digits = load_splits("digits", None, 1).test
     not_k_over_255 = [(torch.rand(1, 4, 4), i % 3) for i in range(10)]  # not k/255: kept as floats
     for test, n in ((digits, 40), (not_k_over_255, 10)):
         save_examples(test, n, tmp_path / "examples.pt")
-        stored = Examples((tmp_path / "examples.pt").read_bytes())
+        stored = Examples.from_bytes((tmp_path / "examples.pt").read_bytes())
         for lo, hi in ((0, 7), (7, n)):
-            for got, want in zip(stored.chunk(lo, hi, cpu), examples(test, lo, hi, cpu)):
+            for got, want in zip(stored.take(range(lo, hi), cpu), examples(test, lo, hi, cpu)):
                 assert got.dtype == want.dtype and torch.equal(got, want)
-    assert stored.x.dtype == torch.float32 and Examples(save_bytes(digits)).x.dtype == torch.uint8
+        picked = [n - 1, 2, 5]  # survivors are any indices, in index order or not
+        x, y = stored.take(picked, cpu)
+        for k, i in enumerate(picked):
+            assert torch.equal(x[k], examples(test, i, i + 1, cpu)[0][0]) and int(y[k]) == int(test[i][1])
+    assert stored.x.dtype == torch.float32 and Examples.from_bytes(save_bytes(digits)).x.dtype == torch.uint8
 
 
 def save_bytes(test) -> bytes:
     import io
 
-    from hvdat.eval.chunks import save_examples
+    from hvdat.eval.examples import save_examples
 
     buffer = io.BytesIO()
     save_examples(test, 5, buffer)
     return buffer.getvalue()
 
 
-def test_the_chunk_size_flop_count_matches_torchs_counter():
+def test_the_batch_size_flop_count_matches_torchs_counter():
     """Forward hooks on convolutions and linear layers count what FlopCounterMode counts (without its TorchDynamo
     import); a TorchScript model, whose submodules take no hooks, falls back to FlopCounterMode."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -272,12 +279,13 @@ def test_randomized_check_has_the_reference_tolerance():
     assert _differ(dropout(x), dropout(x))
 
 
-def test_faithful_to_the_reference_autoattack_on_a_chunk(plain_run):
-    """Our cascade on one chunk flags exactly the points the reference run_standard_evaluation leaves robust."""
+def test_faithful_to_the_reference_autoattack_batch_for_batch(plain_run):
+    """With blocks of B, our cascade is the reference run_standard_evaluation(bs=B): the same batches of
+    survivors in every stage, so exactly the same points stay robust."""
     from pyautoattack import AutoAttack
 
     from hvdat.data import load_splits
-    from hvdat.eval.cascade import evaluate_chunk
+    from hvdat.eval.cascade import evaluate
     from hvdat.eval.plan import make_plan
     from hvdat.eval.stages import StageRunner
     from hvdat.eval.worker import examples, load_model
@@ -285,22 +293,36 @@ def test_faithful_to_the_reference_autoattack_on_a_chunk(plain_run):
 
     torch.set_num_threads(1)
     model = load_model(checkpoint.load(plain_run / "best.pt"), torch.device("cpu"))
-    x, y = examples(load_splits("digits", None, 1).test, 100, 116, torch.device("cpu"))
-    eps, seed = 0.05, 7
+    x, y = examples(load_splits("digits", None, 1).test, 100, 124, torch.device("cpu"))
+    eps, seed, bs = 0.05, 7, 6
     plan = make_plan("autoattack", "standard", "linf", 10)
-    _, (ours,), _ = evaluate_chunk(model, x, y, plan, [StageRunner(model, plan, eps, seed, torch.device("cpu"))], 0)
+    batches = []
+    runner = StageRunner(model, plan, eps, seed, torch.device("cpu"))
+    ours = evaluate(model, x, y, plan, [runner], 0, bs, on_batch=lambda batch, _: batches.append(batch))
     reference = AutoAttack(model, eps=eps, norm="Linf", version="standard", seed=seed)
-    x_adv, _ = reference.run_standard_evaluation(x, y, batch_size=len(x))
+    x_adv, _ = reference.run_standard_evaluation(x, y, batch_size=bs)
     with torch.no_grad():
         reference_robust = (model(x_adv).argmax(1) == y).tolist()
-    assert [b == len(plan.stages) for b in ours.broken_by] == reference_robust
+    assert [b == len(plan.stages) for b in ours.per_eps[0].broken_by] == reference_robust
     assert 0 < sum(reference_robust) < len(y), "pick eps so that the comparison is not trivial"
+    assert sum(b.phase == 1 for b in batches) > 1, "the first stage should run more than one batch of survivors"
+
+
+def test_the_default_cut_splits_each_phase_evenly_never_by_world_size():
+    from hvdat.eval.batches import split
+
+    assert [len(b) for b in split(range(360), 500, even=True)] == [180, 180]
+    assert [len(b) for b in split(range(175), 500, even=True)] == [88, 87]  # survivors: still two batches
+    assert [len(b) for b in split(range(1000), 300, even=True)] == [250] * 4
+    assert [len(b) for b in split(range(20), 500, even=True)] == [20]  # too few to share
+    assert [len(b) for b in split(range(20), 8, even=False)] == [8, 8, 4]  # the reference's blocks
+    assert split([3, 9, 12], 2, even=False) == [(3, 9), (12,)] and split([], 4, even=True) == []
 
 
 def test_square_beating_the_white_box_attacks_is_flagged(plain_run):
     """Masked gradients (a quantising input layer) stop APGD; Square still succeeds, and that must be flagged."""
     from hvdat.data import load_splits
-    from hvdat.eval.cascade import ChunkResult, evaluate_chunk
+    from hvdat.eval.cascade import evaluate
     from hvdat.eval.plan import make_plan
     from hvdat.eval.stages import StageRunner
     from hvdat.eval.summary import summarise
@@ -321,8 +343,7 @@ def test_square_beating_the_white_box_attacks_is_flagged(plain_run):
     plan = make_plan("autoattack", "standard", "linf", 10, steps=5)
     assert any("5 steps instead of the reference 100" in d for d in plan.departures)
     runner = StageRunner(model, plan, 0.5, 0, torch.device("cpu"))
-    clean, per_eps, randomized = evaluate_chunk(model, x, y, plan, [runner], 0)
-    summary = summarise([ChunkResult(0, list(range(16)), y.tolist(), clean, per_eps, randomized)], plan, [0.5])
+    summary = summarise(evaluate(model, x, y, plan, [runner], 0, 16), plan, [0.5])
     entry = summary["sweep"][0]
     assert entry["stages"]["square"] < entry["stages"]["fab-t"]
     assert entry["sanity"]["square_beats_whitebox"]["raised"]

@@ -1,5 +1,5 @@
 """`hvdat eval` on models hvdat did not train: every target kind loads and evaluates to the same per-example results
-as the model it was made from; --mean/--std equals normalisation built in; the chunk queue over 2 horovodrun ranks
+as the model it was made from; --mean/--std equals normalisation built in; the batch queue over 2 horovodrun ranks
 equals one rank; --compare finds disagreements; a randomised model is flagged; bad targets are one line."""
 
 from __future__ import annotations
@@ -98,26 +98,20 @@ def _prepare(target, cwd: Path, **options):
 
 
 def _per_example(cfg) -> list:
-    """The cascade's per-example result on the config's chunks, in this process (the workers' code path)."""
+    """The cascade's per-example result for the config, in this process (the workers' code path, phase by phase)."""
     from hvdat.data import load_splits
-    from hvdat.eval.cascade import evaluate_chunk
-    from hvdat.eval.chunks import chunk_bounds, examples
+    from hvdat.eval.cascade import evaluate
+    from hvdat.eval.examples import examples
     from hvdat.eval.plan import Plan
     from hvdat.eval.stages import StageRunner
     from hvdat.eval.targets import build_eval_model, read_files, spec_of
-    from hvdat.runtime.seeds import seed_for
 
     cpu = torch.device("cpu")
     model, _ = build_eval_model(cfg, read_files(spec_of(cfg)), cpu)
-    test = load_splits(cfg.dataset, None, 1).test
+    x, y = examples(load_splits(cfg.dataset, None, 1).test, 0, cfg.n_examples, cpu)
     plan = Plan.from_dict(cfg.plan)
-    broken = []
-    for c, (lo, hi) in enumerate(chunk_bounds(cfg.n_examples, cfg.batch_size)):
-        x, y = examples(test, lo, hi, cpu)
-        runner = StageRunner(model, plan, cfg.eps[0], cfg.seed, cpu)
-        _, (result,), _ = evaluate_chunk(model, x, y, plan, [runner], seed_for(cfg.seed, c))
-        broken += result.broken_by
-    return broken
+    runner = StageRunner(model, plan, cfg.eps[0], cfg.seed, cpu)
+    return evaluate(model, x, y, plan, [runner], cfg.seed, cfg.batch_size, cfg.even_batches).per_eps[0].broken_by
 
 
 def test_every_target_kind_loads_and_evaluates_as_the_model_it_was_made_from(zoo, monkeypatch):
@@ -140,8 +134,8 @@ def test_every_target_kind_loads_and_evaluates_as_the_model_it_was_made_from(zoo
 
     randomised = _prepare("tinynets:Noisy", root)
     from hvdat.data import load_splits
-    from hvdat.eval.cascade import evaluate_chunk
-    from hvdat.eval.chunks import examples
+    from hvdat.eval.cascade import evaluate
+    from hvdat.eval.examples import examples
     from hvdat.eval.plan import Plan
     from hvdat.eval.stages import StageRunner
     from hvdat.eval.summary import sanity_flags
@@ -152,7 +146,7 @@ def test_every_target_kind_loads_and_evaluates_as_the_model_it_was_made_from(zoo
     x, y = examples(load_splits("digits", None, 1).test, 0, 8, torch.device("cpu"))
     plan = Plan.from_dict(randomised.plan)
     runner = StageRunner(model, plan, 0.1, 0, torch.device("cpu"))
-    assert evaluate_chunk(model, x, y, plan, [runner], 0)[2], "two identical passes differ: randomised"
+    assert evaluate(model, x, y, plan, [runner], 0, 8).randomized, "two identical passes differ: randomised"
     flag = sanity_flags(plan, 1.0, {}, {}, 8, 0, 0, randomized=True)["randomized"]
     assert flag["raised"] and "--version rand" in flag["detail"]
 
@@ -215,7 +209,7 @@ def test_bad_targets_are_one_line(zoo, tmp_path):
 
 
 def test_queue_over_two_ranks_and_mean_std_equal_one_rank_with_normalisation_built_in(zoo, tmp_path):
-    """The factory with --mean/--std on 2 horovodrun ranks pulling chunks from the queue, PGD; the TorchScript
+    """The factory with --mean/--std on 2 horovodrun ranks pulling batches from the queue, PGD; the TorchScript
     file with the normalisation inside on 1 rank: the same per-example results; --compare says so, and finds a
     planted disagreement."""
     root = zoo["root"]
@@ -245,7 +239,7 @@ def test_queue_over_two_ranks_and_mean_std_equal_one_rank_with_normalisation_bui
     one = tmp_path / "one.json"
     run_hvdat("eval", root / "tiny_script.pt", "--np", "1", "--out", one, *common, check=True)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
-    assert b["world_size"] == 2 and b["handout"] == "queue" and b["chunks"] == 4
+    assert b["world_size"] == 2 and b["handout"] == "queue" and b["batches"]["clean"] == 4
     assert a["examples"]["by_eps"] == b["examples"]["by_eps"]
     assert set(a["examples"]["by_eps"][0]["broken_by"]) == {"clean", "pgd", None}, "some, not all, robust"
     robust = a["examples"]["by_eps"][0]["robust_after"]
@@ -263,15 +257,18 @@ def test_queue_over_two_ranks_and_mean_std_equal_one_rank_with_normalisation_bui
     assert [e["index"] for e in differ["examples"]] == [flip] and differ["stage_disagreements"]["pgd"] == 1
 
 
-def test_default_chunks_follow_the_example_count_and_model_size_not_the_world_size():
-    from hvdat.eval.chunks import default_chunk_size
+def test_default_batches_follow_the_model_size_and_the_phase_not_the_world_size():
+    from hvdat.eval.batches import default_batch_size, split
+
+    def sizes(n, flops, device="cpu"):
+        return [len(b) for b in split(range(n), default_batch_size(flops, device), even=True)]
 
     small_cnn, wrn = 12e6, 13e9  # forward FLOPs per example
-    assert default_chunk_size(360, small_cnn) == 180  # a tiny model: few large chunks amortise per-call overhead
-    assert default_chunk_size(1000, small_cnn) == 250  # an even count of equal chunks
-    assert default_chunk_size(1000, wrn) == 16  # a big model: small chunks, which the queue balances
-    assert default_chunk_size(20, wrn) == 10 and default_chunk_size(5, small_cnn) == 5
-    preact = 0.56e9  # PreActResNet-18: the CPU's smallest chunks; a GPU's hold 250x the work, to 1,000 examples
-    assert default_chunk_size(1000, preact) == 16
-    assert default_chunk_size(1000, preact, "cuda") == 500 and default_chunk_size(10000, preact, "cuda") == 1000
-    assert default_chunk_size(1000, wrn, "cuda") == 72
+    assert sizes(360, small_cnn) == [180, 180]  # a tiny model: few large batches amortise per-call overhead
+    assert sizes(1000, small_cnn) == [250] * 4  # an even count of equal batches
+    assert default_batch_size(wrn) == 16  # a big model: small batches, which the queue balances
+    assert sizes(20, wrn) == [10, 10] and sizes(5, small_cnn) == [5]
+    preact = 0.56e9  # PreActResNet-18: the CPU's smallest batches; a GPU's hold 250x the work, to 1,000 examples
+    assert default_batch_size(preact) == 16
+    assert sizes(1000, preact, "cuda") == [500, 500] and default_batch_size(preact, "cuda") == 1000
+    assert default_batch_size(wrn, "cuda") == 76

@@ -350,15 +350,15 @@ def running(pid: int) -> bool:
     return False
 
 
-def test_sigkill_during_mpi_eval_keeps_its_chunks_and_the_rerun_continues(tmp_path, reference):
+def test_sigkill_during_mpi_eval_keeps_its_batches_and_the_rerun_continues(tmp_path, reference):
     """MPI this time: mpirun's own report of the killed rank is read. The rerun (the report's command) skips the
-    chunks done before the kill and gives the uninterrupted evaluation's result."""
+    batches done before the kill and gives the uninterrupted evaluation's result."""
     args = ["eval", reference, "--attack", "pgd", "--steps", "10", "--eps", "0.1", "--n-examples", "160"]
     args += ["--batch-size", "8", "--np", "2", "--launcher", "mpi", "--threads", "1"]
     report = tmp_path / "pgd.json"
     proc = start(*args, "--out", report)
     log = report.with_suffix(".work") / "logs" / "eval.log"
-    wait_until(lambda: count(log, '"event":"chunk"') >= 3, proc)
+    wait_until(lambda: count(log, '"stage":"pgd"') >= 3, proc)  # the 20 clean batches and 3 of PGD's are done
     worker(proc, "hvdat.eval.worker", 1).kill()
     stdout, stderr = proc.communicate(timeout=120)
 
@@ -368,11 +368,12 @@ def test_sigkill_during_mpi_eval_keeps_its_chunks_and_the_rerun_continues(tmp_pa
         "(or a `kill -9`)"
     ), stderr
     kept = next(line for line in stderr.splitlines() if "kept:" in line)
-    done = int(kept.split("kept: ")[1].split(" of ")[0])
-    assert 3 <= done < 20 and " of 20 chunks done" in kept, kept
+    done = int(kept.split("kept: ")[1].split(" finished batches")[0])
+    assert 23 <= done < 40, kept  # PGD attacks at most 20 batches of survivors
     command = continue_command(stderr)
     resumed = json.loads(run_hvdat(*command, "--json", check=True).stdout)
-    assert resumed["resumed_chunks"] >= done and resumed["n_examples"] == 160
+    assert resumed["resumed_batches"] >= done and resumed["n_examples"] == 160
+    assert resumed["batches"]["clean"] == 20 and 0 < resumed["resumed_share"] < 1
 
 
 @pytest.fixture(scope="module")

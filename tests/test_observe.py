@@ -146,8 +146,10 @@ def test_eval_adds_its_accuracies_to_the_runs_tensorboard_events(trained_run, tm
     )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert lines[0]["event"] == "start" and lines[-1]["event"] == "summary"
-    done = [line["done"] for line in lines if line["event"] == "progress"]  # one per chunk, however many
-    assert done and done == sorted(done) and done[-1] == 50, done
+    progress = [line for line in lines if line["event"] == "progress"]  # one per batch, however many
+    done = [p["done"] for p in progress]
+    assert done and done == sorted(done) and {p["stage"] for p in progress} == {"clean", "fgsm"}, progress
+    assert done[-1] == pytest.approx(progress[-1]["total"]) and progress[-1]["eta_seconds"] == 0
     report = lines[-1]
     _, found = scalars(run)
     step = read_metrics(run)[-1]["step"]
@@ -181,12 +183,15 @@ def test_the_time_to_finish_counts_only_this_runs_work():
     assert tracker.annotate({"event": "epoch", "epoch": 3, "step": 30, "images_per_sec": ips})["eta_seconds"] == 0
 
 
-def test_the_time_to_finish_of_an_evaluation_counts_only_this_runs_examples():
+def test_the_time_to_finish_of_an_evaluation_counts_only_this_runs_work():
+    """Pure: resumed batches count as done but not towards the rate; broken examples' later stages drop out."""
     from hvdat.eval.tracking import EvalTracker
 
     now = [0.0]
     tracker = EvalTracker(clock=lambda: now[0])
-    tracker.annotate({"event": "start", "n_examples": 400, "resumed_examples": 200})
+    tracker.annotate({"event": "start", "work_total": 1000.0})
+    resumed = tracker.annotate({"event": "attacked", "work": 200.0, "dropped": 100.0, "resumed": True})
+    assert (resumed["done"], resumed["total"], resumed["eta_seconds"]) == (200, 900, None)
     now[0] = 10.0
-    chunk = tracker.annotate({"event": "chunk", "examples": 50})
-    assert (chunk["done"], chunk["total"], chunk["eta_seconds"]) == (250, 400, 30.0)
+    batch = tracker.annotate({"event": "attacked", "work": 100.0, "dropped": 200.0, "resumed": False})
+    assert (batch["done"], batch["total"], batch["eta_seconds"]) == (300, 700, 40.0)

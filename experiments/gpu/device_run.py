@@ -48,7 +48,7 @@ PROFILES = {
     "device": dict(
         arch="preact-resnet18", smoke_train=1024, smoke_batch=256, smoke_aa=32,
         target_epochs=15, target_train=0, target_batch=512, target_lr=0.2,
-        target_evals=((1000, 10, 1000), (10000, 10, 1000)),  # (images, restarts, chunk size)
+        target_evals=((1000, 10, 1000), (10000, 10, 1000)),  # (images, restarts, batch size)
         target_cap=330, pgd_steps=50,
         train_samples=5000, test_samples=1000, epochs=3, batch=128, n_eval=1000, n_aa=1000, restarts=2,
         method_eval_samples=256, pool=4, threads=3, compile_train=1024,
@@ -342,18 +342,18 @@ def target(b: Bench) -> Optional[Path]:
 
 def target_evals(b: Bench, run: Path) -> None:
     p = b.p
-    for n, restarts, chunk in p["target_evals"]:
+    for n, restarts, batch in p["target_evals"]:
         name = f"target-pgd{p['pgd_steps']}x{restarts}-{n}"
         out = b.hvdat(
             name,
             ["eval", run / "last.pt", "--attack", "pgd", "--steps", p["pgd_steps"], "--restarts", restarts,
-             "--n-examples", n, "--batch-size", chunk, "--threads", 4, "--out", run / "eval" / f"{name}.json"],
+             "--n-examples", n, "--batch-size", batch, "--threads", 4, "--out", run / "eval" / f"{name}.json"],
             400,
         )  # fmt: skip
         if out is None:
             break
         row = {k: out.get(k) for k in ("n_examples", "clean_accuracy", "robust_accuracy", "seconds", "batch_size",
-                                       "chunks", "examples_per_second", "command", "command_wall_s")}  # fmt: skip
+                                       "batches", "examples_per_second", "command", "command_wall_s")}  # fmt: skip
         row["steps"], row["restarts"] = p["pgd_steps"], restarts
         with b.lock:
             b.results["target"]["evals"].append(row)

@@ -32,13 +32,13 @@ class EtaColumn(ProgressColumn):
         return Text(f"eta {datetime.timedelta(seconds=int(round(eta)))}", style="progress.remaining")
 
 
-def progress_bar(console: Console, *columns: ProgressColumn) -> Progress:
-    """Description, bar, done/total, the caller's own columns, elapsed time and the time to finish; off when
-    `console` is not a terminal."""
+def progress_bar(console: Console, *columns: ProgressColumn, counter: Optional[ProgressColumn] = None) -> Progress:
+    """Description, bar, done/total (or the caller's `counter`), the caller's own columns, elapsed time and the
+    time to finish; off when `console` is not a terminal."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        MofNCompleteColumn(),
+        counter or MofNCompleteColumn(),
         *columns,
         TimeElapsedColumn(),
         EtaColumn(),
@@ -50,9 +50,9 @@ def progress_bar(console: Console, *columns: ProgressColumn) -> Progress:
 class EventProgress:
     """A progress bar fed with a job's events (`handle`), live inside a `with` block."""
 
-    def __init__(self, console: Console, *columns: ProgressColumn):
+    def __init__(self, console: Console, *columns: ProgressColumn, counter: Optional[ProgressColumn] = None):
         self.console = console
-        self.progress = progress_bar(console, *columns)
+        self.progress = progress_bar(console, *columns, counter=counter)
         self.task: Optional[int] = None
 
     def __enter__(self):
@@ -115,25 +115,25 @@ def percent(value: Optional[float]) -> str:
 
 class EvalProgress(EventProgress):
     def __init__(self, console: Console):
-        super().__init__(console, TextColumn("examples"))
+        # the total is the most work left (it shrinks as examples are broken): a percentage, and the stage running
+        super().__init__(console, TextColumn("{task.fields[stage]}"), counter=TextColumn("{task.percentage:>3.0f}%"))
+        self.resumed = False
 
     def handle(self, event: Dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "start":
-            self.task = self.progress.add_task(
-                "evaluating", total=event["n_examples"] - event["resumed_examples"], eta=None
-            )
-            resumed = (
-                f", resuming {event['resumed_examples']} examples from the state file"
-                if event["resumed_chunks"]
-                else ""
-            )
+            self.task = self.progress.add_task("evaluating", total=event["total"], eta=None, stage="clean")
             self.console.print(
-                f"[dim]{event['world_size']} worker(s), {event['chunks']} chunks, stages: "
-                f"{', '.join(event['stages']) or 'none'}{resumed}[/]"
+                f"[dim]{event['world_size']} worker(s), {event['n_examples']} examples, batches of at most "
+                f"{event['batch_size']}, stages: {', '.join(event['stages']) or 'none'}[/]"
             )
-        elif kind == "chunk" and self.task is not None:
-            self.progress.update(self.task, advance=event["examples"], eta=event["eta_seconds"])
+        elif kind == "attacked" and self.task is not None:
+            if event.get("resumed") and not self.resumed:
+                self.resumed = True
+                self.console.print("[dim]resuming finished batches from the state files[/]")
+            self.progress.update(
+                self.task, completed=event["done"], total=event["total"], eta=event["eta_seconds"], stage=event["stage"]
+            )
 
 
 def epochs_table(rows: List[Dict[str, Any]], title: str = "training") -> Table:
@@ -161,8 +161,8 @@ class JsonEvents:
     (about every 0.5 s: epoch (1-based, the one training), batch, batches, step, steps_done, loss, acc,
     images_per_sec, bytes_sent_per_step, eta_seconds), `epoch` (the metrics.jsonl entry plus eta_seconds),
     `stopped`, and last `summary` (what --json prints);
-    eval: `start` (n_examples, chunks, world_size, stages, resumed_examples), `progress` (after each chunk: done,
-    total, eta_seconds), and last `summary` (the report without per-example arrays)."""
+    eval: `start` (n_examples, world_size, stages, batch_size), `progress` (after each batch: stage, done, total,
+    eta_seconds), and last `summary` (the report without per-example arrays)."""
 
     FIELDS = {
         "start": (
@@ -174,9 +174,8 @@ class JsonEvents:
             "peak_lr",
             "steps_total",
             "n_examples",
-            "chunks",
             "stages",
-            "resumed_examples",
+            "batch_size",
         ),
         "batch": (
             "epoch",
@@ -190,9 +189,9 @@ class JsonEvents:
             "bytes_sent_per_step",
             "eta_seconds",
         ),
-        "chunk": ("done", "total", "eta_seconds"),
+        "attacked": ("stage", "done", "total", "eta_seconds"),
     }
-    PUBLIC = {"batch": "progress", "chunk": "progress"}
+    PUBLIC = {"batch": "progress", "attacked": "progress"}
     PASSED = ("epoch", "stopped", "reset")
 
     def __init__(self, stream: IO[str]):

@@ -1,2 +1,2 @@
-"""`hvdat eval`: the frozen config (with the resolved plan inside), the launcher side (run), the worker, the chunk
-store, the cascade and its stages, and the summary that becomes the report."""
+"""`hvdat eval`: the frozen config (with the resolved plan inside), the launcher side (run), the worker, the batches
+with their queue and store, the cascade and its stages, and the summary that becomes the report."""

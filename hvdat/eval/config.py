@@ -123,13 +123,15 @@ class EvalConfig(FrozenConfig):
     n_examples: Optional[int] = option(
         None, "Evaluate the first N test images (default: 1000, or all if fewer).", DATA
     )  # resolved: the first n of the test split
-    # also the unit of work: fixed chunks, so results do not depend on --np
+    # also the unit of work; never chosen from --np, so results do not depend on it
     batch_size: Optional[int] = option(
         None,
-        "Examples per chunk (default: chosen from the example count and the model's size, never from --np); "
-        "chunks are the unit of work and of reproducibility.",
+        "Examples per attack batch: each stage's still-robust examples in blocks of this many, as the reference's "
+        "bs (default: the model's size decides the largest batch, and each stage's examples are split into an even "
+        "number of equal batches, never chosen from --np).",
         DATA,
     )  # resolved
+    even_batches: bool = False  # resolved: no --batch-size given, so each phase is split evenly
     dataset: Optional[str] = option(None, "Dataset (default: the run's own).", DATA)  # resolved
     data_dir: Optional[str] = option(None, DATA_DIR, cli_type=Path)
     threads: int = option(0, THREADS)  # torch threads per worker; 0: cores / local ranks
@@ -166,6 +168,7 @@ class EvalConfig(FrozenConfig):
             "restarts",
             "n_examples",
             "batch_size",
+            "even_batches",
             "seed",
         )
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)

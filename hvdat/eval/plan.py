@@ -48,6 +48,13 @@ class Plan:
             "departures": list(self.departures),
         }
 
+    def cost(self, stage: str) -> float:
+        """A stage's work per example it attacks, in gradient steps (steps x restarts x target classes; Square's
+        queries are forward passes only, a third of one): the progress bar's estimate of what is left."""
+        s = self.settings[stage]
+        steps = s.steps * s.restarts * (s.targets or 1)
+        return steps if STAGES.get(stage).white_box else steps / 3
+
     @classmethod
     def from_dict(cls, d: Dict) -> Plan:
         return cls(

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..errors import UsageError, require_at_least
-from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch, validate
+from ..launch import Launch, LaunchSpec, build_launch, raise_for_failure, run_launch
 from ..out_dirs import file_target, make_dir
 from ..tb_events import TB_DIR
-from .chunks import EXAMPLES_FILE, QUEUE_DIR
 from .config import EvalConfig
+from .examples import EXAMPLES_FILE
 from .plan import EVAL_ATTACKS, make_plan
+from .queue import QUEUE_DIR
 from .summary import headline
 from .tracking import EvalTracker
 
@@ -26,7 +27,7 @@ CONFIG_FILE = "config.json"
 WORKER = "hvdat.eval.worker"
 # Horovod's background thread wakes every cycle (1 ms by default) and, with more than one rank, negotiates over the
 # network each time: about 9% of a core per rank on CPUs, taken from the attack's compute threads (on 2 cores, np 1
-# at 2 threads ran an AutoAttack chunk about 10% faster at 20 ms, and np 2's ranks took 10% less time at 100 ms). An
+# at 2 threads ran an AutoAttack batch about 10% faster at 20 ms, and np 2's ranks took 10% less time at 100 ms). An
 # evaluation's ranks exchange a handful of objects in all, so each waits at most one cycle more; --cycle-time-ms (or
 # --autotune) overrides it.
 EVAL_CYCLE_TIME_MS = 50.0
@@ -39,13 +40,14 @@ def default_out(ckpt: Path, attack: str, version: str, norm: str) -> Path:
 
 def prepare(target: Path, request: EvalConfig) -> EvalConfig:
     """Every check that can fail before anything is launched, in the order a user would fix them; returns the
-    resolved config (target kind, dataset, example count, chunk size, report path, plan, fingerprint)."""
+    resolved config (target kind, dataset, example count, batch size, report path, plan, fingerprint)."""
     import os
 
     import torch
 
     from ..data import load_splits
-    from .chunks import default_chunk_size, examples
+    from .batches import default_batch_size
+    from .examples import examples
     from .targets import (
         TARGET_KINDS,
         build_eval_model,
@@ -129,7 +131,7 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
             f"use --n-examples {available} or fewer",
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"  # the workers', where they run on this host's kind
-    batch_size = request.batch_size or default_chunk_size(n_examples, forward_flops(model, probe), device)
+    batch_size = request.batch_size or default_batch_size(forward_flops(model, probe), device)
     default = default_out(Path(name), request.attack, request.version, request.norm)
     out_file = Path(request.out) if request.out else default
     if out_file.suffix != ".json":
@@ -140,6 +142,7 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
         n_examples=n_examples,
         num_classes=num_classes,
         batch_size=batch_size,
+        even_batches=request.batch_size is None,
         out=str(out_file),
         work_dir=str(out_file.with_suffix(".work")),
         plan=plan.to_dict(),
@@ -149,7 +152,6 @@ def prepare(target: Path, request: EvalConfig) -> EvalConfig:
 
 
 def eval_launch(cfg: EvalConfig, spec: LaunchSpec) -> Launch:
-    validate(spec)
     if spec.cycle_time_ms is None and not spec.autotune:
         spec = dataclasses.replace(spec, cycle_time_ms=EVAL_CYCLE_TIME_MS)
     return build_launch(spec, WORKER, Path(cfg.work_dir) / CONFIG_FILE)
@@ -203,19 +205,20 @@ def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) 
         "settings": plan["settings"],
         "seconds": summary["seconds"],
         "wall_seconds": wall_seconds,
-        # this run's examples only: resumed chunks cost nothing now
-        "examples_per_second": (summary["n_examples"] - summary["resumed_examples"]) / max(summary["seconds"], 1e-9),
+        # this run's share of the work only: resumed batches cost nothing now
+        "examples_per_second": summary["n_examples"] * (1 - summary["resumed_share"]) / max(summary["seconds"], 1e-9),
         "world_size": summary["world_size"],
         "threads": summary["threads"],
         "rank_seconds": summary["rank_seconds"],
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,
-        "chunks": -(-summary["n_examples"] // cfg.batch_size),
+        "even_batches": cfg.even_batches,
+        "batches": summary["batches"],
         "handout": summary["handout"],
         "mean": cfg.mean,
         "std": cfg.std,
-        "resumed_chunks": summary["resumed_chunks"],
-        "resumed_examples": summary["resumed_examples"],
+        "resumed_batches": summary["resumed_batches"],
+        "resumed_share": summary["resumed_share"],
         "sweep": summary["sweep"],
         "examples": per_example,
     }
@@ -233,7 +236,7 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
     start = time.perf_counter()
     tracker = EvalTracker()
     result, found = run_launch(launch, log_path, lambda event: on_event(tracker.annotate(event)), ("result",))
-    raise_for_failure(result, "evaluation", log_path, kept=lambda: chunks_kept(cfg))
+    raise_for_failure(result, "evaluation", log_path, kept=lambda: batches_kept(cfg))
     results = found["result"]
     if not results:
         raise UsageError("the evaluation finished without a result", f"see {log_path}")
@@ -251,9 +254,9 @@ def run_eval(cfg: EvalConfig, launch: Launch, on_event: Callable[[dict], None]) 
 
 
 def write_examples(cfg: EvalConfig, path: Path) -> None:
-    """The evaluated examples for the workers (hvdat.eval.chunks.save_examples)."""
+    """The evaluated examples for the workers (hvdat.eval.examples.save_examples)."""
     from ..data import load_splits
-    from .chunks import save_examples
+    from .examples import save_examples
 
     save_examples(load_splits(cfg.dataset, cfg.data_dir, train_samples=1).test, cfg.n_examples, path)
 
@@ -278,11 +281,10 @@ def write_board(cfg: EvalConfig, report: Dict[str, Any]) -> None:
         writer.close()
 
 
-def chunks_kept(cfg: EvalConfig) -> Tuple[str, Dict[str, Any]]:
-    """After a failure: how many chunks are done and kept (a rerun of the same command skips them)."""
-    from .chunks import ChunkStore, chunk_bounds
+def batches_kept(cfg: EvalConfig) -> Tuple[str, Dict[str, Any]]:
+    """After a failure: how many batches are done and kept (a rerun of the same command skips them)."""
+    from .store import BatchStore
 
-    done = len(ChunkStore(Path(cfg.work_dir), cfg.fingerprint, 0).load())
-    total = len(chunk_bounds(cfg.n_examples, cfg.batch_size))
-    line = f"\n  kept: {done} of {total} chunks done in {Path(cfg.work_dir) / 'state'}; the same command continues"
-    return line, {"way_back": {"chunks_done": done, "chunks_total": total, "resume": True}}
+    done = len(BatchStore(Path(cfg.work_dir), cfg.fingerprint, 0).load())
+    line = f"\n  kept: {done} finished batches in {Path(cfg.work_dir) / 'state'}; the same command continues"
+    return line, {"way_back": {"batches_done": done, "resume": True}}

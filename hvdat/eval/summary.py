@@ -1,5 +1,5 @@
-"""The summary of an evaluation: chunk results merged into per-eps, stage-by-stage accuracies, with sanity flags in
-AutoAttack's spirit (signs of gradient masking or broken numerics); it becomes the JSON report."""
+"""The summary of an evaluation: the cascade's per-example results turned into per-eps, stage-by-stage accuracies,
+with sanity flags in AutoAttack's spirit (signs of gradient masking or broken numerics); it becomes the JSON report."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .cascade import ChunkResult, within_budget
+from .cascade import CascadeResult, within_budget
 from .plan import Plan
 from .stages import STAGES
 
@@ -15,29 +15,21 @@ SQUARE_ALPHA = 0.002  # AutoAttack's checks.check_square_sr tolerance
 MONOTONE_TOLERANCE = 0.01  # robust accuracy may wobble by this much between PGD iterates before we flag it
 
 
-def summarise(chunks: Sequence[ChunkResult], plan: Plan, eps_values: Sequence[float]) -> Dict:
-    """Merge chunk results (any order) into the report's numbers: per eps, stage by stage, with sanity flags."""
-    chunks = sorted(chunks, key=lambda c: c.chunk)
-    labels = [v for c in chunks for v in c.labels]
-    clean_pred = [v for c in chunks for v in c.clean_pred]
+def summarise(result: CascadeResult, plan: Plan, eps_values: Sequence[float]) -> Dict:
+    """The report's numbers: per eps, stage by stage, with sanity flags."""
+    labels, clean_pred = result.labels, result.clean_pred
     n = len(labels)
     clean_correct = sum(p == t for p, t in zip(clean_pred, labels))
-    randomized = any(c.randomized for c in chunks)
     sweep = []
-    for e, eps in enumerate(eps_values):
-        per = [c.per_eps[e] for c in chunks]
-        broken_by = [v for r in per for v in r.broken_by]
-        perturbation = [v for r in per for v in r.perturbation]
+    for eps, r in zip(eps_values, result.per_eps):
+        broken_by, perturbation = r.broken_by, r.perturbation
         stages = {}
         for k, stage in enumerate(plan.stages):
             stages[stage] = sum(b > k for b in broken_by) / max(n, 1)
         robust = sum(b == len(plan.stages) for b in broken_by) / max(n, 1)
         used = [p for p, b in zip(perturbation, broken_by) if 0 <= b < len(plan.stages)]
         max_pert = max(used, default=0.0)
-        pixel_min = min((r.pixel_min for r in per), default=1.0)
-        pixel_max = max((r.pixel_max for r in per), default=0.0)
-        curve = _sum_curves(r.curve for r in per)
-        stage_seconds = {s: sum(r.stage_seconds.get(s, 0.0) for r in per) for s in plan.stages}
+        pixel_min, pixel_max, curve = r.pixel_min, r.pixel_max, r.curve
         entry = {
             "eps": eps,
             "robust_accuracy": robust,
@@ -47,9 +39,9 @@ def summarise(chunks: Sequence[ChunkResult], plan: Plan, eps_values: Sequence[fl
             and (not used or (pixel_min >= 0 and pixel_max <= 1)),
             "pixel_range": [pixel_min, pixel_max] if used else None,
             "pgd_curve": {k: [c / max(n, 1) for c in v] for k, v in curve.items()},
-            "stage_seconds": stage_seconds,  # compute time per stage, summed over chunks (and ranks)
+            "stage_seconds": dict(r.stage_seconds),  # compute time per stage, summed over its batches (and ranks)
             "broken_by": [_stage_name(b, plan.stages) for b in broken_by],
-            "adv_pred": [v for r in per for v in r.adv_pred],
+            "adv_pred": r.adv_pred,
             "perturbation": perturbation,
         }
         entry["sanity"] = sanity_flags(
@@ -58,15 +50,15 @@ def summarise(chunks: Sequence[ChunkResult], plan: Plan, eps_values: Sequence[fl
             stages,
             curve,
             n,
-            nan=sum(r.nan for r in per),
-            rejected=sum(r.rejected for r in per),
-            randomized=randomized,
+            nan=r.nan,
+            rejected=r.rejected,
+            randomized=result.randomized,
         )
         sweep.append(entry)
     return {
         "n_examples": n,
         "clean_accuracy": clean_correct / max(n, 1),
-        "indices": [v for c in chunks for v in c.indices],
+        "indices": list(range(n)),
         "labels": labels,
         "clean_pred": clean_pred,
         "sweep": sweep,
@@ -77,15 +69,6 @@ def _stage_name(b: int, stages: Sequence[str]) -> Optional[str]:
     if b < 0:
         return "clean"
     return stages[b] if b < len(stages) else None
-
-
-def _sum_curves(curves) -> Dict[str, List[int]]:
-    total: Dict[str, List[int]] = {}
-    for curve in curves:
-        for stage, counts in curve.items():
-            old = total.get(stage, [0] * len(counts))
-            total[stage] = [a + b for a, b in zip(old, counts)]
-    return total
 
 
 def sanity_flags(

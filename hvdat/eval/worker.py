@@ -1,9 +1,11 @@
 """A Horovod evaluation worker: `python -m hvdat.eval.worker --config WORK/config.json`.
 
-Rank 0 reads the model's files and broadcasts their bytes; every rank builds the model from them. The ranks pull
-chunks from a shared queue (a locked counter file in the work folder; where some rank cannot see that folder, chunk
-c goes to rank c % size instead), append each finished chunk to their state file, and at the end the per-example
-results are gathered; rank 0 summarises them and emits the `result` event that `hvdat eval` turns into its report.
+Rank 0 reads the model's files and broadcasts their bytes; every rank builds the model from them. The evaluation
+runs phase by phase (hvdat.eval.batches): the ranks pull a phase's batches from a shared queue (a locked counter
+file in the work folder; where some rank cannot see that folder, batch b of the phase goes to rank b % size),
+append each finished batch to their state file, and gather the phase's results, from which every rank cuts the
+next phase's batches. At the end rank 0 summarises the per-example results and emits the `result` event that
+`hvdat eval` turns into its report.
 """
 
 from __future__ import annotations
@@ -12,21 +14,23 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 
 from .. import events
 from ..data import load_splits
 from ..models import build_model
-from ..runtime.seeds import seed_for
 from ..runtime.worker_main import worker_main
 from ..runtime.world import World
-from .cascade import ChunkResult, evaluate_chunk
-from .chunks import EXAMPLES_FILE, ChunkQueue, ChunkStore, Examples, chunk_bounds, chunks_of_rank, examples
+from .batches import Batch
+from .cascade import BatchResult, Cascade, fold, run_batch
 from .config import EvalConfig
+from .examples import EXAMPLES_FILE, Examples, examples
 from .plan import Plan
+from .queue import WorkQueue
 from .stages import StageRunner
+from .store import BatchStore
 from .summary import summarise
 from .targets import build_eval_model, read_files, spec_of
 
@@ -52,45 +56,58 @@ def evaluate(cfg: EvalConfig) -> None:
     del files
     data = _examples(world, cfg)
     plan = Plan.from_dict(cfg.plan)  # resolved by `hvdat eval` before launch
-    bounds = chunk_bounds(cfg.n_examples, cfg.batch_size)
-    store = ChunkStore(Path(cfg.work_dir), cfg.fingerprint, rank)
+    store = BatchStore(Path(cfg.work_dir), cfg.fingerprint, rank)
     done = store.load()
-    # every rank reads before any writes (a fast rank's new chunk is not "resumed"); no shared filesystem needed
-    done = {c: r for part in world.allgather_object(done, name="eval.resumed") for c, r in part.items()}
+    # every rank reads before any writes (a fast rank's new batch is not "resumed"); no shared filesystem needed
+    done = {k: r for part in world.allgather_object(done, name="eval.resumed") for k, r in part.items()}
     store.open()
-    todo = [c for c in range(len(bounds)) if c not in done]
-    handout, mine = _work(world, Path(cfg.work_dir), todo)
     runners = [StageRunner(model, plan, eps, cfg.seed, device) for eps in cfg.eps]
-    resumed = sum(1 for c in range(len(bounds)) if c in done)
-    resumed_examples = sum(bounds[c][1] - bounds[c][0] for c in done if c < len(bounds))
+    cascade = Cascade(data.labels, plan, len(cfg.eps), cfg.batch_size, cfg.even_batches)
     if rank == 0:
         events.emit(
             "start",
             n_examples=cfg.n_examples,
-            chunks=len(bounds),
             world_size=size,
             stages=list(plan.stages),
-            resumed_chunks=resumed,
-            resumed_examples=resumed_examples,
+            batch_size=cfg.batch_size,
+            work_total=cascade.total_work(),
         )
     start = time.perf_counter()
-    results: List[ChunkResult] = [r for c, r in done.items() if c < len(bounds)] if rank == 0 else []
-    for c in mine:
-        chunk_start = time.perf_counter()
-        lo, hi = bounds[c]
-        x, y = data(lo, hi, device)
-        clean_pred, per_eps, randomized = evaluate_chunk(model, x, y, plan, runners, seed_for(cfg.seed, c))
-        result = ChunkResult(
-            c, list(range(lo, hi)), y.tolist(), clean_pred, per_eps, randomized, time.perf_counter() - chunk_start
-        )
-        store.append(result)
-        results.append(result)
-        events.emit("chunk", rank=rank, chunk=c, examples=hi - lo, seconds=result.seconds)
-    compute_seconds = time.perf_counter() - start
-    gathered = world.allgather_object(results, name="eval.results")
-    rank_seconds = world.allgather_object(compute_seconds, name="eval.seconds")
+    busy, handout = 0.0, None
+    counts: Dict[str, int] = {}
+    work = {"done": 0.0, "resumed": 0.0}
+    resumed_batches = 0
+    for phase in range(cascade.phases):
+        batches = cascade.batches(phase)
+        name = "clean" if phase == 0 else plan.stages[phase - 1]
+        counts[name] = len(batches)
+        kept = {b.key: done[b.key] for b in batches if b.key in done and done[b.key].indices == list(b.indices)}
+        todo = [b for b in batches if b.key not in kept]
+        handout, mine = _work(world, Path(cfg.work_dir), todo, handout)
+        for batch in batches if rank == 0 else []:
+            if batch.key in kept:
+                _report(cascade, batch, kept[batch.key], name, rank, resumed=True)
+        own: Dict[str, BatchResult] = {}
+        for batch in mine:
+            x, y = data.take(batch.indices, device)
+            result = run_batch(batch, model, x, y, plan, runners, cfg.seed)
+            store.append(result)
+            own[batch.key] = result
+            busy += result.seconds
+            _report(cascade, batch, result, name, rank, resumed=False)
+        results = dict(kept)
+        for part in world.allgather_object(own, name=f"eval.phase.{phase}"):
+            results.update(part)
+        by_key = {b.key: b for b in batches}
+        for key, result in results.items():
+            share = cascade.work(by_key[key], result)[0]
+            work["done"] += share
+            work["resumed"] += share if key in kept else 0.0
+        resumed_batches += len(kept)
+        fold(cascade, ((by_key[k], r) for k, r in results.items()))
+    rank_seconds = world.allgather_object(busy, name="eval.seconds")
     if rank == 0:
-        summary = summarise([r for part in gathered for r in part], plan, cfg.eps)
+        summary = summarise(cascade.result(), plan, cfg.eps)
         summary.update(
             seconds=time.perf_counter() - start,
             rank_seconds=rank_seconds,
@@ -100,35 +117,57 @@ def evaluate(cfg: EvalConfig) -> None:
             arch=loaded.arch,
             handout=handout,
             threads=torch.get_num_threads(),
-            resumed_chunks=resumed,
-            resumed_examples=resumed_examples,
+            batches=counts,
+            resumed_batches=resumed_batches,
+            resumed_share=work["resumed"] / work["done"] if work["done"] else 0.0,
         )
         events.emit("result", **summary)
 
 
-def _examples(world: World, cfg: EvalConfig) -> Callable[[int, int, torch.device], Tuple[torch.Tensor, torch.Tensor]]:
-    """Chunk [lo, hi) of the test examples: from the file `hvdat eval` wrote, its bytes read by rank 0 and broadcast
-    (no shared filesystem needed, no dataset loading on any rank), or from the dataset where rank 0 has no file."""
+def _report(cascade: Cascade, batch: Batch, result: BatchResult, stage: str, rank: int, resumed: bool) -> None:
+    """The launcher's progress event for a finished (or resumed) batch."""
+    work, dropped = cascade.work(batch, result)
+    events.emit(
+        "attacked",
+        rank=rank,
+        stage=stage,
+        examples=len(batch.indices),
+        seconds=result.seconds,
+        work=work,
+        dropped=dropped,
+        resumed=resumed,
+    )
+
+
+def _examples(world: World, cfg: EvalConfig) -> Examples:
+    """The evaluated examples: from the file `hvdat eval` wrote, its bytes read by rank 0 and broadcast (no shared
+    filesystem needed, no dataset loading on any rank), or from the dataset where rank 0 has no file."""
     path = Path(cfg.work_dir) / EXAMPLES_FILE
     blob = path.read_bytes() if world.rank == 0 and path.is_file() else None
     blob = world.broadcast_object(blob, name="eval.examples")
     if blob is not None:
-        return Examples(blob).chunk
+        return Examples.from_bytes(blob)
     test = load_splits(cfg.dataset, cfg.data_dir, train_samples=1).test
-    return lambda lo, hi, device: examples(test, lo, hi, device)
+    return Examples(*examples(test, 0, cfg.n_examples, torch.device("cpu")))
 
 
-def _work(world: World, work_dir: Path, todo: List[int]) -> Tuple[str, Iterable[int]]:
-    """This rank's chunks: pulled from the shared queue when every rank sees the work folder (one host, or a shared
-    filesystem), else chunk c of the list goes to rank c % size."""
+def _work(world: World, work_dir: Path, todo: List[Batch], handout: Optional[str]) -> Tuple[str, Iterable[Batch]]:
+    """This rank's batches of a phase: pulled from the phase's shared queue when every rank sees the work folder
+    (one host, or a shared filesystem; checked in the first phase), else batch b of the list goes to rank
+    b % size."""
+    if handout == "static":
+        return handout, todo[world.rank :: world.size]
     nonce = uuid.uuid4().hex[:12] if world.rank == 0 else None
     if world.rank == 0:
-        ChunkQueue.create(work_dir, nonce)
+        WorkQueue.create(work_dir, nonce)
     nonce = world.broadcast_object(nonce, name="eval.queue")
-    queue = ChunkQueue(work_dir, nonce, todo)
-    if world.size > 1 and all(world.allgather_object(queue.visible(), name="eval.queue_visible")):
-        return "queue", queue
-    return "static", [todo[i] for i in chunks_of_rank(len(todo), world.rank, world.size)]
+    queue = WorkQueue(work_dir, nonce, todo)
+    if handout is None:
+        visible = world.size > 1 and all(world.allgather_object(queue.visible(), name="eval.queue_visible"))
+        handout = "queue" if visible else "static"
+    if handout == "queue":
+        return handout, queue
+    return handout, todo[world.rank :: world.size]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
