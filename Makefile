@@ -12,7 +12,7 @@ install:
 
 demo: install
 	$(HVDAT) train $(DEMO_TRAIN) --out $(DEMO_OUT) --overwrite
-	$(HVDAT) eval $(DEMO_OUT) --attack autoattack --eps 0.1 --n-examples 50 --batch-size 25 --np 2
+	$(HVDAT) eval $(DEMO_OUT) --attack autoattack --eps 0.1 --n-examples 50 --np 2
 	$(HVDAT) report $(DEMO_OUT)
 
 test: install
