@@ -144,8 +144,11 @@ class Cascade:
         self.labels, self.plan, self.batch_size, self.even = list(labels), plan, batch_size, even
         n, robust = len(self.labels), len(plan.stages)
         self.clean_pred = list(self.labels)
-        self.per_eps = [EpsResult([robust] * n, [0] * n, [0.0] * n) for _ in range(n_eps)]
-        self.randomized, self.clean_nan = False, 0
+        self.per_eps = [
+            EpsResult([robust] * n, [0] * n, [0.0] * n, stage_seconds=dict.fromkeys(plan.stages, 0.0))
+            for _ in range(n_eps)
+        ]
+        self.randomized = False
 
     @property
     def phases(self) -> int:
@@ -167,7 +170,8 @@ class Cascade:
     def apply(self, batch: Batch, result: BatchResult) -> None:
         if batch.phase == 0:
             self.randomized |= result.randomized
-            self.clean_nan += result.nan
+            for state in self.per_eps:  # NaN logits count against every eps
+                state.nan += result.nan
             for i, pred in zip(batch.indices, result.pred):
                 self.clean_pred[i] = pred
                 for state in self.per_eps:
@@ -188,7 +192,7 @@ class Cascade:
         for name, counts in result.curve.items():
             old = state.curve.get(name, [0] * len(counts))
             state.curve[name] = [a + b for a, b in zip(old, counts)]
-        state.stage_seconds[stage] = state.stage_seconds.get(stage, 0.0) + result.seconds
+        state.stage_seconds[stage] += result.seconds
 
     def total_work(self) -> float:
         """The most work the evaluation can take, if every example stayed robust (Plan.cost's units)."""
@@ -205,9 +209,6 @@ class Cascade:
         return len(batch.indices) * self.plan.cost(self.plan.stages[batch.phase - 1]), sum(result.broken) * later
 
     def result(self) -> CascadeResult:
-        for state in self.per_eps:
-            state.nan += self.clean_nan
-            state.stage_seconds = {s: state.stage_seconds.get(s, 0.0) for s in self.plan.stages}
         return CascadeResult(self.labels, self.clean_pred, self.per_eps, self.randomized)
 
 
