@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Optional
 
 from common import ENV, REPO, hvdat  # experiments/common.py: the one way the experiments run hvdat
 
@@ -49,15 +50,19 @@ def train_tiny(out: Path) -> None:
     )  # fmt: skip
 
 
-def reference(run: Path, n: int, eps: float) -> dict:
-    """The reference run_standard_evaluation (its default batch size) in a fresh process, as a user runs it:
-    `wall_seconds` counts the whole process (imports, model and data loading), as the hvdat command's wall clock
-    does; `seconds` the run_standard_evaluation call only."""
+# glibc's malloc set through the environment as hvdat's workers set it with mallopt (hvdat/runtime/allocator.py)
+KEPT_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1)}
+
+
+def reference(run: Path, n: int, eps: float, env: Optional[dict] = None) -> dict:
+    """The reference run_standard_evaluation (its default batch size) in a fresh process, as a user runs it (`env`:
+    variables added to its environment): `wall_seconds` counts the whole process (imports, model and data loading),
+    as the hvdat command's wall clock does; `seconds` the run_standard_evaluation call only."""
     import subprocess
 
     command = [sys.executable, __file__, "--reference-child", str(run), str(n), str(eps)]
     start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=REPO)
+    proc = subprocess.run(command, capture_output=True, text=True, env={**ENV, **(env or {})}, cwd=REPO)
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"the reference failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -111,6 +116,7 @@ def hvdat_eval(run: Path, n: int, eps: float, np: int, out: Path, *extra) -> dic
         "handout": report["handout"],
         "robust_accuracy": report["robust_accuracy"],
         "threads": report["threads"],
+        "heap": report["heap"],
         "wall_seconds": wall,
         "robust": [b is None for b in verdict],
         "examples": report["examples"],
@@ -158,6 +164,8 @@ def main() -> None:
     one, ref, two, one_core = (_median_run([x[k] for x in rounds]) for k in ("one", "ref", "two", "one_core"))
     # the equality check: hvdat cutting the reference's blocks of 250 (AutoAttack's draws depend on the batch)
     same = hvdat_eval(run, n, eps, 1, scratch / "np1-bs250.json", "--batch-size", "250")
+    # what hvdat's workers' heap setting alone is worth: the reference with the same setting, once
+    kept = reference(run, n, eps, KEPT_HEAP)
     cores = os.cpu_count()
     summary = {
         "n_examples": n,
@@ -183,6 +191,9 @@ def main() -> None:
         # hvdat on the reference's batches: its own overhead, apart from what its batching costs or saves
         "hvdat_bs250_attack_seconds": same["seconds"],
         "attack_bs250_over_reference": ref["seconds"] / same["seconds"],
+        "hvdat_heap": one["heap"],
+        "reference_kept_heap_attack_seconds": kept["seconds"],
+        "reference_kept_heap_wall_seconds": kept["wall_seconds"],
         "attack_np2_over_np1": _median_ratio(rounds, "one", "two", "seconds"),
         "threads": {"reference": ref["threads"], "hvdat_np1": one["threads"], "hvdat_np2_per_rank": two["threads"]},
         "batch_size": one["batch_size"],
@@ -230,6 +241,8 @@ def main() -> None:
             f"batches of 250 {n / same['seconds']:.3f} (/ reference {summary['attack_bs250_over_reference']:.2f}); "
             f"np 2 rank seconds {[round(s, 1) for s in two['rank_seconds']]}; 2 threads speed the work up "
             f"{summary['two_threads_speedup']:.2f}x over 1\n"
+            f"  hvdat's workers' heap: {one['heap']}; the reference with the same setting (once, after the rounds): "
+            f"{n / kept['wall_seconds']:.3f} examples/s whole, {n / kept['seconds']:.3f} its attack\n"
             f"  robust accuracy: reference {summary['robust_accuracy']['reference']:.2%}, hvdat "
             f"{summary['robust_accuracy']['hvdat']:.2%}; np 1 == np 2 per example: {summary['np1_equals_np2']}; "
             f"verdicts of hvdat --batch-size 250 differing from the reference's: "

@@ -209,6 +209,7 @@ def build_report(cfg: EvalConfig, summary: Dict[str, Any], wall_seconds: float) 
         "examples_per_second": summary["n_examples"] * (1 - summary["resumed_share"]) / max(summary["seconds"], 1e-9),
         "world_size": summary["world_size"],
         "threads": summary["threads"],
+        "heap": summary["heap"],  # what the workers' C heap does with freed memory (runtime/allocator.py)
         "rank_seconds": summary["rank_seconds"],
         "seed": cfg.seed,
         "batch_size": cfg.batch_size,

@@ -21,6 +21,7 @@ import torch
 from .. import events
 from ..data import load_splits
 from ..models import build_model
+from ..runtime import allocator
 from ..runtime.worker_main import worker_main
 from ..runtime.world import World
 from .batches import Batch
@@ -117,6 +118,7 @@ def evaluate(cfg: EvalConfig) -> None:
             arch=loaded.arch,
             handout=handout,
             threads=torch.get_num_threads(),
+            heap=allocator.state(),
             batches=counts,
             resumed_batches=resumed_batches,
             resumed_share=work["resumed"] / work["done"] if work["done"] else 0.0,

@@ -19,6 +19,7 @@ from typing import Callable, List, Optional
 
 from .. import events
 from ..errors import UsageError
+from .allocator import keep_freed_memory
 from .heartbeat import Heartbeat
 
 
@@ -47,6 +48,7 @@ def worker_main(
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("HVDAT_LOG", "WARNING"), format="%(name)s: %(message)s")
     faulthandler.enable()  # a segfault or abort still prints where it happened; the exit status names the signal
+    keep_freed_memory()  # tensors' memory stays in the heap from step to step (allocator.py)
     try:
         with Heartbeat():
             run(args.config)
