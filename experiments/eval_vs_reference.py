@@ -18,6 +18,10 @@ reference's verdicts (AutoAttack's random starts and Square's draws depend on an
 with hvdat's default batches a borderline point may differ, and those are counted, not failed); np 1 runs all cores'
 threads, np 2 one per rank.
 
+After the rounds it also runs, once, the reference with the C heap setting that hvdat's workers use
+(hvdat/runtime/allocator.py, here through glibc's MALLOC_*_ variables), so that the report shows how much of a
+difference is that setting and how much the rest.
+
 Without --run, a small PGD-trained CNN on digits is trained first, so that points survive APGD-CE and the whole
 cascade does real work, as it does on a robust model. The machine's load (`os.getloadavg`) is printed before and
 after: on a shared machine the figures move with it (two runs of the same evaluation minutes apart differed by up to
