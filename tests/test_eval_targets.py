@@ -240,6 +240,7 @@ def test_queue_over_two_ranks_and_mean_std_equal_one_rank_with_normalisation_bui
     run_hvdat("eval", root / "tiny_script.pt", "--np", "1", "--out", one, *common, check=True)
     a, b = json.loads(one.read_text()), json.loads(two.read_text())
     assert b["world_size"] == 2 and b["handout"] == "queue" and b["batches"]["clean"] == 4
+    assert "freed memory kept" in a["heap"] and "freed memory kept" in b["heap"]  # every worker, through horovodrun too
     assert a["examples"]["by_eps"] == b["examples"]["by_eps"]
     assert set(a["examples"]["by_eps"][0]["broken_by"]) == {"clean", "pgd", None}, "some, not all, robust"
     robust = a["examples"]["by_eps"][0]["robust_after"]
