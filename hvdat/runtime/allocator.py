@@ -12,7 +12,7 @@ Measured on a 2-core VM (2026-12-01, the digits CNN of `experiments/eval_vs_refe
 169 points): 2.67 M minor page faults become 0.14 M, and the attacks take 15.7 s instead of 22.4 s (resident memory
 +6%); `experiments/allocator.py` measures it for a model and batch of your choice.
 
-A user's own choice wins: with MALLOC_* or GLIBC_TUNABLES malloc settings in the environment, another allocator in
+A user's own choice wins: with MALLOC_*_ or GLIBC_TUNABLES malloc settings in the environment, another allocator in
 LD_PRELOAD (jemalloc, tcmalloc, ...), or HVDAT_KEEP_HEAP=0, nothing is changed. Elsewhere than glibc (macOS, musl)
 there is nothing to do.
 """
@@ -26,7 +26,8 @@ from typing import Mapping, Optional
 # mallopt's parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
-# blocks up to 1 GiB come from the heap (mallopt takes an int); glibc before 2.35 refuses more than 32 MiB there
+# blocks up to 1 GiB come from the heap (mallopt takes an int); glibc versions that bound the threshold by half its
+# largest heap refuse more than 32 MiB, and then get that
 MMAP_THRESHOLDS = (1 << 30, 32 << 20)
 TRIM_THRESHOLD = (1 << 31) - 1  # the heap's free top is kept up to 2 GiB
 SWITCH = "HVDAT_KEEP_HEAP"
