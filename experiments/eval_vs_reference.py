@@ -45,6 +45,8 @@ from typing import Optional
 
 from common import ENV, REPO, hvdat  # experiments/common.py: the one way the experiments run hvdat
 
+from hvdat.runtime.allocator import MMAP_THRESHOLDS, TRIM_THRESHOLD
+
 
 def train_tiny(out: Path) -> None:
     print(f"training a small PGD-AT model on digits into {out} ...", file=sys.stderr)
@@ -54,8 +56,8 @@ def train_tiny(out: Path) -> None:
     )  # fmt: skip
 
 
-# glibc's malloc set through the environment as hvdat's workers set it with mallopt (hvdat/runtime/allocator.py)
-KEPT_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(1 << 30), "MALLOC_TRIM_THRESHOLD_": str((1 << 31) - 1)}
+# glibc's malloc set through the environment as hvdat's workers set it with mallopt (its first, preferred threshold)
+KEPT_HEAP = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLDS[0]), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD)}
 
 
 def reference(run: Path, n: int, eps: float, env: Optional[dict] = None) -> dict:
