@@ -12,7 +12,7 @@ import subprocess
 import pytest
 import torch
 from conftest import HVDAT, REPO, read_metrics, run_hvdat
-from test_signals import _same, _wait_for
+from test_signals import _same, hold_after, wait_held
 
 from hvdat.runtime import checkpoint
 
@@ -27,22 +27,23 @@ DEAT += ["--accelat-window", "1", "--accelat-cooldown", "1", "--accelat-min-gain
 KEYS = ("epoch", "step", "train_loss", "train_acc", "test_clean_acc", "test_robust_acc", "lr")
 
 
-def stopped_and_resumed(tmp_path, args, wait_for: str):
-    """SIGTERM once `wait_for` shows in the log, resume to the end; and the same run uninterrupted, alongside."""
+def stopped_and_resumed(tmp_path, args, hold_at: int):
+    """SIGTERM while the workers hold after their `hold_at`-th minibatch (tests/fault_injection/), so the job stops
+    right after it on any machine; resume to the end; and the same run uninterrupted, alongside."""
     stopped, whole = tmp_path / "stopped", tmp_path / "whole"
 
-    def start(out):
+    def start(out, **env):
         return subprocess.Popen(
             HVDAT + ["train", *args, "--out", str(out)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONPATH": str(REPO)},
+            env={**os.environ, "PYTHONPATH": str(REPO), **env},
             cwd=REPO,
         )
 
-    proc, uninterrupted = start(stopped), start(whole)
-    _wait_for(stopped / "logs" / "train.log", wait_for, proc)
+    proc, uninterrupted = start(stopped, **hold_after(hold_at, tmp_path)), start(whole)
+    wait_held(tmp_path, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, (stdout, stderr)
@@ -62,21 +63,21 @@ def stopped_and_resumed(tmp_path, args, wait_for: str):
 @pytest.mark.parametrize("method", ["free", "deat+accelat"])
 def test_method_trains_and_resumes_exactly(tmp_path, method):
     args = BASE + (FREE if method == "free" else DEAT)
-    wait_for = '"event":"batch"' if method == "free" else '"event":"epoch"'
-    at_stop, resumed, reference, shards = stopped_and_resumed(tmp_path, args, wait_for)
+    # free: the third of epoch 0's 16 minibatches; deat: the first of epoch 1's (8 per epoch), after K changed
+    at_stop, resumed, reference, shards = stopped_and_resumed(tmp_path, args, 3 if method == "free" else 9)
     keys = KEYS + (
         ("deat_k", "deat_mg", "deat_next_k", "accelat_mean", "accelat_cut", "lr_scale") if "deat" in method else ()
     )
     assert [{k: m[k] for k in keys} for m in resumed] == [{k: m[k] for k in keys} for m in reference]
     if method == "free":
-        assert 0 < at_stop["batch"] < 16 and at_stop["step"] == 2 * at_stop["batch"]  # stopped mid-epoch
+        assert (at_stop["epoch"], at_stop["batch"], at_stop["step"]) == (0, 3, 6)  # stopped mid-epoch, 2 replays each
         assert [m["step"] for m in reference] == [32]  # 16 minibatches x 2 replays
         assert reference[-1]["train_acc"] > 0.15 and reference[-1]["test_clean_acc"] > 0.15  # chance: 0.1
         deltas = [shard["replays"]["free_delta"] for shard in shards]
         assert all(d.shape == (16, 1, 16, 16) and 0 < d.abs().max() <= EPS + 1e-6 for d in deltas)
         assert not torch.equal(*deltas)  # each rank carries its own
     else:
-        assert at_stop["epoch"] >= 1  # stopped after DEAT had changed K
+        assert (at_stop["epoch"], at_stop["batch"], at_stop["step"]) == (1, 1, 10)  # after DEAT had changed K to 2
         ks = [m["deat_k"] for m in reference]
         assert ks == [1, 2, 2]  # K=2 after epoch 0; epoch 1's MG sets the threshold
         assert all(m["deat_next_k"] == n["deat_k"] for m, n in zip(reference, reference[1:]))

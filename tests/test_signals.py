@@ -19,8 +19,22 @@ from conftest import HVDAT, QUICK, REPO, read_metrics, run_hvdat
 from hvdat.compression import COMPRESSORS
 from hvdat.runtime import checkpoint
 
-# 2 ranks, 44 steps per epoch of ~50 ms on 2 cores: a signal after the first progress event lands mid-epoch.
+# 2 ranks, 44 steps per epoch
 ARGS = ["--np", "2", *QUICK, "--epochs", "1", "--batch-size", "16"]
+
+
+def hold_after(step: int, folder: Path) -> dict:
+    """Environment that makes every worker of a job hold after its `step`-th minibatch until it is signalled
+    (tests/fault_injection/sitecustomize.py): a SIGTERM sent once `wait_held` returns stops the job right after
+    that minibatch, on a fast machine or a slow one."""
+    return {
+        "PYTHONPATH": f"{REPO / 'tests' / 'fault_injection'}:{REPO}",
+        "HVDAT_TEST_HOLD_AT_STEP": f"{step}:{folder / 'hold'}",
+    }
+
+
+def wait_held(folder: Path, proc: subprocess.Popen) -> None:
+    _wait_for(folder / "hold.0", "", proc)  # the (empty) file appears once rank 0 holds
 
 
 def _wait_for(path: Path, text: str, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -52,16 +66,15 @@ def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path,
     applies after the optimizer's state is loaded must continue exactly where the stopped run left them."""
     args = [*ARGS, "--compression", compression]
     stopped = tmp_path / "stopped"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
         HVDAT + ["train", *args, "--out", str(stopped), "--json"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
+        env={**os.environ, **hold_after(5, tmp_path)},
         cwd=REPO,
     )
-    _wait_for(stopped / "logs" / "train.log", '"event":"batch"', proc)
+    wait_held(tmp_path, proc)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
 
@@ -71,8 +84,7 @@ def test_sigterm_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path,
     log = (stopped / "logs" / "train.log").read_text()
     assert "exited with non-zero" not in log, log
     state = torch.load(stopped / "last.pt", weights_only=True)
-    assert state["epoch"] == 0 and 0 < state["batch"] < 44, (state["epoch"], state["batch"])
-    assert state["step"] == state["batch"]
+    assert (state["epoch"], state["batch"], state["step"]) == (0, 5, 5)
     report = json.loads(stdout)["stopped"]  # --json still gives scripts an object: where it stopped
     assert (report["epoch"], report["batch"], report["step"]) == (0, state["batch"], state["step"])
     assert report["checkpoint"] == str(stopped / "last.pt")

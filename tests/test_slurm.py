@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import HVDAT, QUICK, REPO, read_metrics
 from slurm_cluster import SlurmCluster
+from test_signals import hold_after
 
 from hvdat.cli import main
 from hvdat.launch.slurm import expand_counts, expand_nodelist, gpu_count
@@ -177,19 +178,24 @@ def test_scancel_stops_gracefully_and_the_script_resumes(slurm, tmp_path):
     train = ["train", *QUICK, "--epochs", "1", "--batch-size", "16", "--out", str(run)]
     submit = [*HVDAT, "slurm", "--ntasks-per-node", "2", "--time", "10", "--script", str(script), "--log", str(log)]
     submitted = subprocess.run(
-        [*submit, "--submit", "--", *train], capture_output=True, text=True, env=slurm.env, cwd=REPO, timeout=120
+        [*submit, "--submit", "--", *train],
+        capture_output=True,
+        text=True,
+        env={**slurm.env, **hold_after(5, tmp_path)},  # the workers hold after minibatch 5 until cancelled
+        cwd=REPO,
+        timeout=120,
     )
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip()
     assert re.fullmatch(r"\d+", job), submitted.stdout
-    _wait_for(run / "logs" / "train.log", '"event":"batch"', slurm, job, log)
+    _wait_for(tmp_path / "hold.0", "", slurm, job, log)  # the (empty) file appears once rank 0 holds
     slurm.run("scancel", job)
     assert slurm.wait_done(job) == "CANCELLED"
     first = log.read_text()
     assert "stopped by signal at epoch 1" in first and "--resume" in first, first + slurm.logs()
     assert "error" not in first.split("CANCELLED", 1)[1], first
     stopped = torch.load(run / "last.pt", weights_only=True)
-    assert stopped["epoch"] == 0 and 0 < stopped["batch"] < 44, (stopped["epoch"], stopped["batch"])
+    assert (stopped["epoch"], stopped["batch"], stopped["step"]) == (0, 5, 5)
     assert not (run / "metrics.jsonl").exists()
 
     again = slurm.run("sbatch", "--parsable", str(script)).stdout.strip()
