@@ -8,7 +8,8 @@ process (hvdat, horovodrun, the other ranks) leaves Horovod alone.
 HVDAT_TEST_HOLD_AT_STEP=N:PATH makes every worker, after its N-th training minibatch (counted across epochs, from the
 start of the process), create PATH.RANK and wait there until it has been sent SIGTERM/SIGINT (at most 120 s) before
 the ranks agree whether to stop. A test that signals once PATH.0 exists stops the job after exactly that minibatch,
-however fast or slow the machine is (tests/test_methods.py).
+however fast or slow the machine is (`hold_after` in tests/test_signals.py; used there, in test_methods.py and
+test_slurm.py).
 """
 
 import os
