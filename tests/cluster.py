@@ -70,13 +70,25 @@ def _netns_list() -> List[str]:
 
 
 def _alive(pid: int, marker: str) -> bool:
-    """Is `pid` still the process we started (its command line names our config), and not a zombie?"""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return marker in cmdline and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    """Is `pid` still the process we started (its command line names our config), and not a zombie?
+
+    While a process execs (sshd's start goes unshare -> sh -> ip netns exec -> sshd, one pid), its command line can
+    read empty, or the read fail, for an instant: a reading without the marker is taken again a few times before
+    the answer is no (tests/test_multihost.py once failed on such a reading)."""
+    for attempt in range(5):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False  # no such process
+        except OSError:
+            cmdline, stat = "", ""
+        if marker in cmdline:
+            return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        if stat and stat.rsplit(")", 1)[-1].split()[0] == "Z":
+            return False
+        time.sleep(0.002 * (attempt + 1))
+    return False
 
 
 def _terminate(pids: Sequence[int], marker: Optional[str] = None, grace: float = 5.0) -> None:
