@@ -83,10 +83,11 @@ def _alive(pid: int, marker: str) -> bool:
             return False  # no such process
         except OSError:
             cmdline, stat = "", ""
-        if marker in cmdline:
-            return bool(stat) and stat.rsplit(")", 1)[-1].split()[0] != "Z"
-        if stat and stat.rsplit(")", 1)[-1].split()[0] == "Z":
+        state = stat.rsplit(")", 1)[-1].split()[0] if stat else ""
+        if state == "Z":
             return False
+        if marker in cmdline and state:
+            return True
         time.sleep(0.002 * (attempt + 1))
     return False
 

@@ -48,11 +48,12 @@ if _HOLD and _RANK:
 
     _agreed = StopSignal.agreed
     _hold_at, _, _hold_file = _HOLD.partition(":")
+    _hold_at = int(_hold_at)
     _calls = {"n": 0}
 
     def agreed(self, world):
         _calls["n"] += 1
-        if _calls["n"] == int(_hold_at):
+        if _calls["n"] == _hold_at:
             with open(f"{_hold_file}.{_RANK}", "w"):
                 pass
             deadline = time.monotonic() + 120
