@@ -65,3 +65,17 @@ def test_decode_kernels_give_the_numpy_floats(codec, monkeypatch):
                     monkeypatch.setattr(kernels, "ENABLED", compiled)
                     results.append(codec.decompress(gathered, ctx))
                 assert same_floats(*results), (codec, k, numel)
+
+
+def test_small_tensors_use_the_kernels_once_a_large_one_loaded_them(monkeypatch):
+    """Below COMPILED_MIN the kernels run only when already imported (numba's start-up is then paid)."""
+    monkeypatch.setattr(packing, "COMPILED_MIN", 1 << 16)
+    monkeypatch.setattr(packing, "_loaded", False)
+    assert packing.compiled(1000) is None
+    assert packing.compiled(1 << 16) is kernels  # imports them
+    assert packing.compiled(1000) is kernels
+    monkeypatch.setattr(kernels, "ENABLED", False)
+    assert packing.compiled(1 << 20) is None
+    monkeypatch.setattr(packing, "NUMPY_ON_CPU", False)
+    monkeypatch.setattr(kernels, "ENABLED", True)
+    assert packing.compiled(1 << 20) is None

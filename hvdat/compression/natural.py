@@ -238,12 +238,10 @@ class NaturalCompressor:
         key = self.key(name)
         out = payload[HEADER_BYTES:]
         host = packing.use_numpy(values)
-        if host and special is None and numel >= packing.COMPILED_MIN and self._hashed_bits():
-            from . import kernels  # (numba: imported at the first encode, not at every CLI start)
-
-            if kernels.ENABLED:  # hash, rounding and look-up in one compiled pass
-                kernels.natural_codes(bits.numpy().view(np.uint32), key, 0, lut.numpy(), out.numpy())
-                return payload
+        kernels = packing.compiled(numel) if host and special is None and self._hashed_bits() else None
+        if kernels is not None:  # hash, rounding and look-up in one compiled pass
+            kernels.natural_codes(bits.numpy().view(np.uint32), key, 0, lut.numpy(), out.numpy())
+            return payload
         if host:
             raw = bits.numpy()
         for start, stop in packing.chunks(numel, device):
@@ -286,13 +284,10 @@ class NaturalCompressor:
             tables = code_table(rows[:, 0], k)
         codes = rows[:, HEADER_BYTES:]
         out = packing.destination(ctx, numel, device)
-        if packing.use_numpy(rows) and numel >= packing.COMPILED_MIN:
-            from . import kernels
-
-            if kernels.ENABLED:  # every row's look-up and the sum in one compiled pass
-                tables_ = np.stack([table.numpy() for table in tables])
-                kernels.natural_mean(codes.numpy(), tables_, out.numpy())
-                return out
+        kernels = packing.compiled(numel) if packing.on_host(rows) else None
+        if kernels is not None:  # every row's look-up and the sum in one compiled pass
+            kernels.natural_mean(codes.numpy(), np.stack([table.numpy() for table in tables]), out.numpy())
+            return out
         paired = k >= 2 and numel >= PAIR_TABLE_MIN
         if paired:  # v0 + v1 for every pair of codes
             if packing.on_host(rows):

@@ -43,10 +43,24 @@ SMALL = 1 << 12  # up to this many bytes of bits (or codes), the variant with th
 # smaller ones gain little, and a process that never reaches it never imports numba (~0.5 s, plus loading the cached
 # machine code), which keeps small jobs and the test suite's many short runs as fast as before.
 COMPILED_MIN = 1 << 16
+_loaded = False  # whether `compiled` has imported the kernels in this process
 
 # CPU tensors go through the numpy kernels (see the module docstring). Tests turn this off to run the torch kernels,
 # which every other device runs, on the CPU.
 NUMPY_ON_CPU = True
+
+
+def compiled(numel: int):
+    """The compiled host kernels (`kernels`) for a CPU tensor of `numel` elements, or None where the numpy/torch path
+    runs: from COMPILED_MIN elements, and for any size once a larger tensor has loaded them (numba's start-up cost is
+    paid then, and a small tensor's compiled pass costs microseconds less than the table look-ups' many calls)."""
+    global _loaded
+    if not NUMPY_ON_CPU or (numel < COMPILED_MIN and not _loaded):
+        return None
+    from . import kernels  # (numba: imported at the first large tensor, not at every CLI start)
+
+    _loaded = True
+    return kernels if kernels.ENABLED else None
 
 
 def on_host(tensor: torch.Tensor) -> bool:

@@ -65,24 +65,21 @@ def majority_vote(rows: torch.Tensor, ctx=()) -> torch.Tensor:
     """Decode k sign payloads into mean_scale · sign(Σ signs) as float32, ties -> 0 (vote × scale in float32, so a
     non-finite scale makes ties NaN, on purpose). Returns 8 values per byte (the tail is padding), in the gradient
     ctx carries when it fits (`packing.destination`)."""
-    device = rows.device
+    device, nbytes = rows.device, rows.shape[1] - packing.SCALE_BYTES
+    out = packing.destination(ctx, 8 * nbytes, device)
     if packing.on_host(rows):  # scales and look-up keys from the bytes in place, the k scales averaged in Python
         data = rows.numpy()
         scale = packing.mean_as_float64(packing.row_floats(rows, rows.shape[1]))
-        votes = packing.quads(packing.host_table("vote_nibble", scale))  # every nibble's 4 values, scaled
         bits = data[:, packing.SCALE_BYTES :]
+        kernels = packing.compiled(8 * nbytes) if rows.shape[0] == 2 else None
+        if kernels is not None:  # the vote of two rows and its floats in one compiled pass
+            kernels.sign_vote2(bits[0], bits[1], scale, out.numpy())
+            return out
+        votes = packing.quads(packing.host_table("vote_nibble", scale))  # every nibble's 4 values, scaled
     else:
         scale = packing.mean_as_float64(packing.header_floats(rows, 1).view(-1))
         votes = packing.quads(packing.table("vote_nibble", device) * scale)
         bits = rows[:, packing.SCALE_BYTES :]
-    nbytes = bits.shape[1]
-    out = packing.destination(ctx, 8 * nbytes, device)
-    if packing.on_host(rows) and packing.NUMPY_ON_CPU and rows.shape[0] == 2 and 8 * nbytes >= packing.COMPILED_MIN:
-        from . import kernels
-
-        if kernels.ENABLED:  # the vote of two rows and its floats in one compiled pass
-            kernels.sign_vote2(bits[0], bits[1], scale, out.numpy())
-            return out
     for start, stop in packing.chunks(nbytes, device, 1, 8):
         whole = stop - start == nbytes
         packing.expand4(
