@@ -41,7 +41,8 @@ SMALL = 1 << 12  # up to this many bytes of bits (or codes), the variant with th
 
 # From this many elements, CPU tensors go through the compiled kernels where there are some (`kernels`, numba):
 # smaller ones gain little, and a process that never reaches it never imports numba (~0.5 s, plus loading the cached
-# machine code), which keeps small jobs and the test suite's many short runs as fast as before.
+# machine code), which keeps small jobs and the test suite's many short runs as fast as before. Once loaded, smaller
+# tensors take them too (`compiled`).
 COMPILED_MIN = 1 << 16
 _loaded = False  # whether `compiled` has imported the kernels in this process
 
